@@ -1,0 +1,1 @@
+"""Data, training engine, evaluation and visualisation for the detection course."""
