@@ -142,12 +142,10 @@ class CachedVOC(Dataset):
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
             idx_dev = idx.to(self.device)
-            images, targets = self.images[idx_dev], self.targets[idx_dev]
+            images, targets = self.images[idx_dev], self.targets[idx_dev]  # fresh copies: safe to edit
             if self.train:
-                flip = (torch.rand(len(idx), generator=generator) < 0.5).to(self.device)
-                flipped_images, flipped_targets = hflip(images, targets, self.image_size)
-                images = torch.where(flip[:, None, None, None], flipped_images, images)
-                targets = torch.where(flip[:, None, None], flipped_targets, targets)
+                flip = (torch.rand(len(idx), generator=generator) < 0.5).nonzero().squeeze(1).to(self.device)
+                images[flip], targets[flip] = hflip(images[flip], targets[flip], self.image_size)
             yield [self.image_ids[i] for i in idx.tolist()], normalize_uint8(images), targets
 
 

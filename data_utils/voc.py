@@ -104,9 +104,10 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 
 def normalize_uint8(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(..., 3, H, W)`` uint8 -> ImageNet-normalised floats (new tensor)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=dtype, device=images.device)[:, None, None]
-    return (images.to(dtype) / 255.0 - mean) / std
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device)[:, None, None]
+    # (x / 255 - mean) / std as one fused multiply-add after the cast.
+    return torch.addcmul(-mean / std, images.to(dtype), 1.0 / (255.0 * std))
 
 
 def _text(node: ET.Element, tag: str, path: Path) -> str:

@@ -1,0 +1,161 @@
+"""Command line of the course package: ``python -m data_utils <command>``.
+
+Commands:
+  main      the main job: embedded dataset -> train both reference detectors on
+            the CPU -> VOC07 mAP on its held-out split -> pictures and metrics
+  train     one detector with a preset, e.g. the course's full VOC schedule:
+            python -m data_utils train --preset fcos-voc
+  generate  write the embedded offline dataset (VOC layout)
+  download  download/verify/extract PASCAL VOC 2007, or check an existing copy
+  samples   draw a grid of images with their boxes from any VOC-layout split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _summary_table(results: dict[str, dict]) -> str:
+    lines = ["| detector | VOC07 mAP | all-point mAP | iterations | final loss | train s | infer img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {100 * m['map_voc07']:.1f}% | {100 * m['map_all_point']:.1f}% | {m['iterations']} | "
+                     f"{m['final_loss']:.3f} | {m['train_seconds']:.0f} | {m['inference_images_per_second']:.1f} |")
+    return "\n".join(lines)
+
+
+def cmd_main(argv: list[str]) -> int:
+    from data_utils.experiment import DETECTORS, preset_with, run_experiment
+    from data_utils.synthetic import ensure_embedded_dataset, format_summary, summarize
+
+    parser = argparse.ArgumentParser(prog="python -m data_utils main", description=cmd_main.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("outputs/main"), help="output folder (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="where the embedded dataset lives (default: $COURSE_DATA/embedded or ~/.cache/detection-course/embedded)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = sorted(set(detectors) - set(DETECTORS))
+    if unknown:
+        parser.error(f"unknown detector(s) {unknown}; choose from {list(DETECTORS)}")
+
+    started = time.perf_counter()
+    voc_dir = ensure_embedded_dataset(args.data)
+    print(f"embedded dataset: {voc_dir}")
+    print(format_summary(summarize(voc_dir)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_samples(voc_dir, "train", args.out / "samples.png")
+    print(f"wrote {args.out / 'samples.png'}")
+    results = {}
+    for detector in detectors:
+        preset = preset_with(f"{detector}-embedded", max_iters=args.iters)
+        print(f"\n== {detector}: {preset.train.max_iters} iterations, batch {preset.batch_size}, "
+              f"FPN {preset.fpn_channels}, random init ==")
+        results[detector] = run_experiment(preset, voc_dir, args.out / detector, device=args.device,
+                                           resume=False, progress=not args.no_progress)
+        m = results[detector]
+        print(f"{detector}: VOC07 mAP {100 * m['map_voc07']:.1f}% on {m['eval_images']} held-out images "
+              f"(trained {m['train_seconds']:.0f} s); outputs in {args.out / detector}/")
+    table = _summary_table(results)
+    (args.out / "summary.md").write_text(table + "\n")
+    (args.out / "summary.json").write_text(json.dumps(results, indent=2))
+    print("\n" + table)
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; everything is in {args.out}/")
+    return 0
+
+
+cmd_main.__doc__ = "Train and evaluate both reference detectors on the embedded offline dataset (CPU-sized)."
+
+
+def cmd_train(argv: list[str]) -> int:
+    from data_utils.download import ensure_voc2007
+    from data_utils.experiment import PRESETS, preset_with, run_experiment
+    from data_utils.synthetic import ensure_embedded_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m data_utils train",
+                                     description="Train and evaluate one reference detector with a preset.")
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    parser.add_argument("--voc-root", type=Path, default=None,
+                        help="existing VOCdevkit or VOC2007 folder (default: $VOC_ROOT, else download)")
+    parser.add_argument("--data-root", type=Path, default=None, help="download/extract VOC here")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<preset>)")
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-split", default="val")
+    parser.add_argument("--no-cache", action="store_true", help="decode JPEGs every epoch instead of caching tensors")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    preset = preset_with(args.preset, max_iters=args.iters, lr=args.lr, batch_size=args.batch_size)
+    if args.preset.endswith("-embedded"):
+        voc_dir = ensure_embedded_dataset()
+    else:
+        voc_dir = ensure_voc2007(args.data_root, voc_root=args.voc_root, progress=not args.no_progress)
+    out = args.out or Path("outputs") / args.preset
+    metrics = run_experiment(preset, voc_dir, out, train_split=args.train_split, eval_split=args.eval_split,
+                             device=args.device, cache=not args.no_cache, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_class_ap"}, indent=2))
+    print((out / "ap_table.txt").read_text())
+    return 0
+
+
+def _write_samples(voc_dir: Path, split: str, path: Path, num: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data_utils.visualize import plot_samples
+    from data_utils.voc import VOCDetection
+
+    fig = plot_samples(VOCDetection(voc_dir, split), num=num)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_samples(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_utils samples", description="Draw images with their boxes.")
+    parser.add_argument("voc_dir", type=Path, help="a VOC2007 folder")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", type=Path, default=Path("outputs/samples.png"))
+    parser.add_argument("--num", type=int, default=8)
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    _write_samples(args.voc_dir, args.split, args.out, args.num)
+    print(args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_utils.errors import DatasetError, DownloadError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"main": cmd_main, "train": cmd_train, "samples": cmd_samples}
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands | {"generate": 0, "download": 0}:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "generate":
+            from data_utils.synthetic import main as generate_main
+            return generate_main(rest)
+        if command == "download":
+            from data_utils.download import main as download_main
+            return download_main(rest)
+        return commands[command](rest)
+    except (DatasetError, DownloadError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
