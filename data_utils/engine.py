@@ -156,7 +156,9 @@ def train_detector(
         device: defaults to CUDA when available.
         checkpoint_path: where to save (every ``config.checkpoint_every``
             iterations and at the end); with ``resume=True`` training continues
-            from it when it exists.
+            from it when it exists: weights, optimiser momentum, LR schedule,
+            AMP scale, RNG and history are restored; the data order restarts
+            at an epoch boundary (a fresh shuffle), as in most frameworks.
         model_config: stored in the checkpoint so the model can be rebuilt.
         smooth: EMA factor of the losses shown on the progress bar.
 
@@ -204,7 +206,7 @@ def train_detector(
                 losses = model(images, gt_boxes)
             total = sum(v.float() for k, v in losses.items() if k.startswith("loss"))
             if not torch.isfinite(total):
-                bad = {k: float(v) for k, v in losses.items()}
+                bad = {k: float(v.detach()) for k, v in losses.items()}
                 raise NonFiniteLossError(
                     f"loss is not finite at iteration {state.iteration}: {bad}. Lower the learning rate, "
                     "enable warm-up (TrainConfig.warmup_iters) or check the targets for NaN.")
