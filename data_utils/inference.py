@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from data_utils.engine import _autocast_dtype, autocast
 from data_utils.loaders import build_loader
-from solutions.conventions import Detections
+from data_utils.conventions import Detections
 
 
 @torch.inference_mode()

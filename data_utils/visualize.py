@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from data_utils.voc import VOC_CLASSES, denormalize
-from solutions.conventions import PADDING
+from data_utils.conventions import PADDING
 
 
 def class_color(class_id: int) -> tuple[float, float, float]:
