@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from solutions.box_ops import iou
-
-
 #: Boxes resolved together in one vectorised step of :func:`nms`.
 _NMS_BLOCK = 256
-
-
-def _suppressed_by(kept: torch.Tensor, candidates: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """``(K, M)`` bool: candidate ``m`` overlaps kept box ``k`` by more than the threshold.
-
-    The comparison is made in float64, as torchvision's kernels do, so that an
-    IoU that is exactly the threshold in rational terms is treated the same way.
-    """
-    return iou(kept, candidates).to(torch.float64) > iou_threshold
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
@@ -25,44 +13,83 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -
     than ``iou_threshold``, repeat with the best remaining box.
 
     Args:
-        boxes: ``(N, 4)`` XYXY boxes.
+        boxes: ``(N, 4)`` XYXY boxes, float32 or float64 (other dtypes are
+            computed in float32).
         scores: ``(N,)`` scores.
-        iou_threshold: a box is suppressed when its IoU with a kept,
-            higher-scoring box is strictly greater than this.
+        iou_threshold: in ``[0, 1]``; a box is suppressed when its IoU with a
+            kept, higher-scoring box is strictly greater than this.
 
     Returns:
         ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by decreasing
         score, on ``boxes.device``.  Equal scores are ranked by index (the
-        earlier box wins), and boxes of zero area never suppress anything, as
-        in ``torchvision.ops.nms``.
+        earlier box wins), and boxes of zero area never suppress anything.
+        The kept set is identical to ``torchvision.ops.nms``'s: IoU is
+        computed with the same float operations in the boxes' dtype and
+        compared with the threshold as that function does.
     """
     keep = None
     ### BEGIN SOLUTION
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    device = boxes.device
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    dtype = boxes.dtype if boxes.dtype in (torch.float32, torch.float64) else torch.float32
+    # torchvision compares the float32 IoU, widened to double, with the
+    # double threshold.  For a float32 IoU x, "x > thr" holds exactly when
+    # "x > thr_down", thr_down being the largest float32 <= thr; comparing
+    # with thr_down keeps the whole computation in the boxes' dtype.
+    threshold = torch.tensor(iou_threshold, dtype=torch.float64).to(dtype)
+    if threshold.item() > iou_threshold:
+        threshold = torch.nextafter(threshold, torch.tensor(-float("inf"), dtype=dtype))
+    threshold = threshold.item()
+
+    def iou_columns(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(K, M)`` IoU of boxes ``a`` and ``b`` given as ``(5, K)`` / ``(5, M)``
+        columns ``x1, y1, x2, y2, area``; in place on fresh buffers (no copy of
+        the inputs).  Areas are clamped at 0, so a NaN (0 / 0) can only
+        appear in the column of a zero-area box, which nothing suppresses."""
+        ax1, ay1, ax2, ay2, a_area = a[:, :, None].unbind(0)
+        bx1, by1, bx2, by2, b_area = b[:, None, :].unbind(0)
+        inter = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+        inter.mul_(torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0))
+        return inter.div_((a_area + b_area).sub_(inter))  # same operation order as torchvision
+
     order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order]
-    kept = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
-    kept_boxes = sorted_boxes[:0]
-    # Boxes are visited in blocks of _NMS_BLOCK, best first.  A block's boxes
-    # are first tested against every box already kept (one IoU matrix), then
-    # resolved among themselves.  Inside a block greedy NMS is the unique
-    # fixed point of  kept[i] = alive[i] and not any(kept[j] and sup[j, i], j < i);
-    # iterating from "all alive" reaches it in (longest chain + 1) vectorised
-    # steps.  Work is O(N * K) like the classic loop, with no per-box Python.
+    columns = torch.empty(5, len(order), dtype=dtype, device=device)  # x1, y1, x2, y2, area by rank
+    columns[:4] = boxes[order].to(dtype).t()
+    torch.mul((columns[2] - columns[0]).clamp_(min=0), (columns[3] - columns[1]).clamp_(min=0), out=columns[4])
+    ranks = torch.arange(len(order), device=device)
+    kept_columns = torch.empty_like(columns)  # the first num_kept columns are the kept boxes
+    kept_ranks = torch.empty_like(ranks)
+    num_kept = 0
+
+    # Boxes are visited in blocks of _NMS_BLOCK ranks, best first.  A block is
+    # first tested against every box kept so far (one IoU matrix, reduced by
+    # max over the kept boxes), and the survivors are then resolved among
+    # themselves.  Inside a block, greedy NMS is the unique fixed point of
+    #     kept[i] = not any(kept[j] and suppresses[j, i] for j < i),
+    # and iterating it from "all kept" reaches it in (longest chain of
+    # suppressions + 1) vectorised steps (one matrix-vector product each).
+    # Work is O(N * K) pairs as in the classic loop, but with no per-box Python.
     for start in range(0, len(order), _NMS_BLOCK):
-        block = sorted_boxes[start:start + _NMS_BLOCK]
-        alive = ~_suppressed_by(kept_boxes, block, iou_threshold).any(dim=0)
-        sup = _suppressed_by(block, block, iou_threshold).triu_(diagonal=1) & alive[:, None]
-        block_kept = alive
+        block = columns[:, start:start + _NMS_BLOCK]
+        block_ranks = ranks[start:start + _NMS_BLOCK]
+        if num_kept > 0:
+            alive = ~(iou_columns(kept_columns[:, :num_kept], block).amax(dim=0) > threshold)
+            block, block_ranks = block[:, alive], block_ranks[alive]
+        if block.shape[1] == 0:
+            continue
+        suppresses = (iou_columns(block, block) > threshold).triu_(diagonal=1).to(dtype)
+        block_kept = torch.ones(block.shape[1], dtype=torch.bool, device=device)
         while True:
-            new_kept = alive & ~(sup & block_kept[:, None]).any(dim=0)
+            new_kept = (block_kept.to(dtype) @ suppresses) == 0
             if torch.equal(new_kept, block_kept):
                 break
             block_kept = new_kept
-        kept[start:start + _NMS_BLOCK] = block_kept
-        kept_boxes = torch.cat([kept_boxes, block[block_kept]])
-    keep = order[kept]
+        num_new = int(block_kept.sum())
+        kept_columns[:, num_kept:num_kept + num_new] = block[:, block_kept]
+        kept_ranks[num_kept:num_kept + num_new] = block_ranks[block_kept]
+        num_kept += num_new
+    keep = order[kept_ranks[:num_kept]]
     ### END SOLUTION
     return keep
 
