@@ -1,0 +1,268 @@
+"""The check registry: what is checked for every student function.
+
+A :class:`Check` names one graded property of one student function.  Its
+``make()`` (run in the grader's process, where :mod:`solutions` is available)
+returns a :class:`Job`: one or more procedure specs for the sandbox (see
+:mod:`grader._child`) and a ``judge`` that compares the submission's outputs
+with the reference's and returns a :class:`~grader.compare.Verdict`.
+
+The reference's outputs are computed by running *the same procedure* on the
+reference namespace in this process (:func:`run_reference`), so the student's
+and the reference's code paths differ only in the function under test.
+
+Points come from ``grader/rubric.toml`` (``tests/test_grader.py`` checks that
+every check has an entry and every entry a check).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from grader import _child
+from grader.compare import Verdict
+from grader.functions import CLASSES, DEPENDENCIES, STUDENT_FUNCTIONS, all_names, check_assignment, reference
+
+Judge = Callable[[list], Verdict]
+
+
+@dataclass
+class Job:
+    specs: list[dict]
+    judge: Judge
+    #: Seconds of wall-clock time per spec (None: the rubric's default).
+    wall_seconds: float | None = None
+
+
+@dataclass
+class Check:
+    id: str
+    function: str
+    title: str
+    visible: bool
+    make: Callable[[], Job]
+    cuda: bool = False
+    #: Replace the assignment's other functions by the reference (oracle) while checking this one.
+    isolate: bool = True
+    limits: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# Reference side
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def reference_namespace(assignment: str) -> dict:
+    return {name: reference(name) for name in all_names(assignment)}
+
+
+def run_reference(assignment: str, spec: dict):
+    """Run ``spec`` on the reference in this process; return the procedure's value."""
+    record = _child.run_procedure(dict(reference_namespace(assignment)), copy.deepcopy(spec))
+    if not record.get("ok"):
+        raise RuntimeError(f"the reference failed on {spec.get('op')} {spec.get('name')}: {record.get('error_type')}: "
+                           f"{record.get('error')}\n{record.get('traceback')}")
+    return record["value"]
+
+
+_JOBS: dict[tuple[str, str], Job] = {}
+
+
+def cached_job(assignment: str, check: Check) -> Job:
+    """``check.make()``, computed once per process (inputs are seeded, so the job never changes)."""
+    key = (assignment, check.id)
+    if key not in _JOBS:
+        _JOBS[key] = check.make()
+    return _JOBS[key]
+
+
+def oracle_names(assignment: str, function: str) -> list[str]:
+    """Functions answered by the reference while ``function`` is checked."""
+    names = [n for n in all_names(assignment) if n not in CLASSES and n != function]
+    return names
+
+
+#: Largest work an oracle call may ask of the grader's process (product of the two
+#: largest leading dimensions of its tensor arguments, e.g. an IoU matrix's size).
+ORACLE_WORK_LIMIT = 5e7
+ORACLE_ELEMENT_LIMIT = 2e7
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def oracle_handler(name: str, args: list, kwargs: dict):
+    """Answer a sandboxed call of ``name`` with the reference (bounded work: the
+    arguments come from untrusted code and the answer is computed here)."""
+    tensors = list(_tensors([args, kwargs]))
+    if sum(t.numel() for t in tensors) > ORACLE_ELEMENT_LIMIT:
+        raise ValueError("arguments too large")
+    leading = sorted((t.shape[0] if t.dim() else 1 for t in tensors), reverse=True)[:2] + [1, 1]
+    if leading[0] * leading[1] > ORACLE_WORK_LIMIT:
+        raise ValueError("arguments too large")
+    return reference(name)(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Input generators (seeded, in the grader's process)
+# ---------------------------------------------------------------------------
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand_boxes(g: torch.Generator, n: int, width: float = 224.0, height: float | None = None,
+               min_size: float = 4.0, max_frac: float = 0.7, dtype=torch.float32) -> torch.Tensor:
+    """``(n, 4)`` XYXY boxes inside ``width x height``."""
+    height = width if height is None else height
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([width, height], dtype=torch.float64) * max_frac + min_size
+    wh = torch.minimum(wh, torch.tensor([width, height], dtype=torch.float64))
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * (torch.tensor([width, height], dtype=torch.float64) - wh)
+    return torch.cat([xy, xy + wh], dim=1).to(dtype)
+
+
+def rand_gt(g: torch.Generator, batch: int, real: list[int], total: int, width: float = 224.0,
+            height: float | None = None, num_classes: int = 20, dtype=torch.float32) -> torch.Tensor:
+    """``(batch, total, 5)`` padded ground truth with ``real[b]`` objects in image ``b``."""
+    gt = torch.full((batch, total, 5), -1.0, dtype=dtype)
+    for b in range(batch):
+        n = real[b]
+        if n:
+            gt[b, :n, :4] = rand_boxes(g, n, width, height, min_size=8.0, dtype=dtype)
+            gt[b, :n, 4] = torch.randint(0, num_classes, (n,), generator=g).to(dtype)
+    return gt
+
+
+def level_shapes(batch: int, channels: int, height: int, width: int, strides=None) -> dict:
+    strides = strides or {"p3": 8, "p4": 16, "p5": 32}
+    return {lvl: (batch, channels, math.ceil(height / s), math.ceil(width / s)) for lvl, s in strides.items()}
+
+
+STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+
+
+# ---------------------------------------------------------------------------
+# Common judges
+# ---------------------------------------------------------------------------
+
+
+def call_spec(name: str, *args, seed: int = 0, device: str = "cpu", **kwargs) -> dict:
+    return {"op": "call", "name": name, "args": list(args), "kwargs": kwargs, "seed": seed, "device": device}
+
+
+def first(values: list) -> dict:
+    return values[0]
+
+
+def output_of(value: dict):
+    return value["output"]
+
+
+def mutation_check(name: str, spec: dict, arg_names: list[str]) -> Job:
+    """A job whose verdict is whether the call left its inputs unchanged."""
+    from grader.compare import check_not_mutated
+
+    before = {"args": copy.deepcopy(spec["args"]), "kwargs": copy.deepcopy(spec.get("kwargs", {}))}
+
+    def judge(values):
+        return check_not_mutated(before, values[0].get("args_after"), arg_names)
+
+    return Job([spec], judge)
+
+
+def registry(assignment: str) -> list[Check]:
+    """Every check of ``assignment``: the visible sanity cases first, then hidden ones, per function."""
+    check_assignment(assignment)
+    from grader import checks_one_stage, checks_two_stage, sanity
+
+    hidden = checks_one_stage.CHECKS() if assignment == "one_stage" else checks_two_stage.CHECKS()
+    visible = sanity.sanity_checks(assignment)
+    order = {name: i for i, name in enumerate(STUDENT_FUNCTIONS[assignment])}
+    checks = visible + hidden
+    checks.sort(key=lambda c: (order.get(c.function, 99), not c.visible))
+    ids = [c.id for c in checks]
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    if duplicates:
+        raise RuntimeError(f"duplicate check ids: {sorted(duplicates)}")
+    return checks
+
+
+__all__ = ["Check", "Job", "registry", "run_reference", "oracle_names", "oracle_handler", "DEPENDENCIES"]
+
+
+# ---------------------------------------------------------------------------
+# Check builders
+# ---------------------------------------------------------------------------
+
+Diagnose = Callable[[object, object], "str | None"]
+
+
+def judge_output(ref_value: dict, *, atol: float = 1e-5, rtol: float = 1e-4, check_dtype: bool = True,
+                 device: str = "cpu", diagnose: Diagnose | None = None, hint: str = "", what: str = "output") -> Judge:
+    """A judge comparing ``values[0]["output"]`` with the reference's output."""
+    from grader.compare import compare_tree, devices_ok
+
+    def judge(values):
+        value = values[0]
+        out = value["output"]
+        verdict = compare_tree(out, ref_value["output"], what=what, atol=atol, rtol=rtol, check_dtype=check_dtype)
+        if not verdict.passed:
+            if diagnose is not None:
+                try:
+                    message = diagnose(out, ref_value["output"])
+                except Exception:  # noqa: BLE001 - diagnoses are best effort
+                    message = None
+                if message:
+                    return Verdict(False, message, rel_error=verdict.rel_error)
+            if hint and "values differ" in verdict.message:
+                verdict.message += f"; {hint}"
+            return verdict
+        on_device = devices_ok(value.get("devices", []), device)
+        return verdict if on_device.passed else on_device
+
+    return judge
+
+
+def call_check(assignment: str, check_id: str, function: str, title: str, build: Callable[[], dict], *,
+               atol: float = 1e-5, rtol: float = 1e-4, check_dtype: bool = True, diagnose: Diagnose | None = None,
+               hint: str = "", cuda: bool = False, visible: bool = False, wall_seconds: float | None = None) -> Check:
+    """A hidden check: call ``function`` on the spec ``build()`` returns and compare with the reference."""
+
+    def make():
+        spec = build()
+        if cuda:
+            spec["device"] = "cuda"
+        ref = run_reference(assignment, spec)
+        judge = judge_output(ref, atol=atol, rtol=rtol, check_dtype=check_dtype, device=spec.get("device", "cpu"),
+                             diagnose=diagnose, hint=hint)
+        return Job([spec], judge, wall_seconds=wall_seconds)
+
+    return Check(check_id, function, title, visible, make, cuda=cuda)
+
+
+def mutation_check_of(check_id: str, function: str, build: Callable[[], dict], arg_names: list[str],
+                      title: str | None = None) -> Check:
+    """A hidden check that the call leaves every input unchanged."""
+    return Check(check_id, function, title or f"{function} does not modify its inputs", False,
+                 lambda: mutation_check(function, build(), arg_names))
+
+
+def close_to(out, candidate, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
+    from grader.compare import close
+
+    return close(out, candidate, atol=atol, rtol=rtol)

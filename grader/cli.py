@@ -1,0 +1,156 @@
+"""``python -m grader``: grade one submission, a class, build a Gradescope bundle.
+
+    python -m grader grade SUBMISSION --assignment {one_stage,two_stage}
+        [--json out.json] [--gradescope results.json] [--feedback feedback.md]
+        [--weights trained.pt] [--voc-root DIR] [--retrain]
+        [--no-overfit] [--no-map] [--functions a,b] [--sandbox auto|bwrap|fallback]
+    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR]
+    python -m grader gradescope-bundle --assignment A --out bundle.zip
+    python -m grader export-sanity ASSIGNMENT [--out FILE]
+    python -m grader sandbox-info
+
+SUBMISSION is a notebook (.ipynb), a module (.py) or a folder holding one.
+The exit status is 0 when grading ran (whatever the score), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grader.functions import ASSIGNMENTS
+
+
+def _grade_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
+    p.add_argument("--weights", help="trained weights of the student's model for the mAP gate (state_dict or checkpoint)")
+    p.add_argument("--voc-root", help="PASCAL VOC 2007 (VOCdevkit or VOC2007 folder) for the mAP gate (default: $VOC_ROOT)")
+    p.add_argument("--retrain", action="store_true", help="mAP gate: retrain the student's model on VOC (needs a GPU)")
+    p.add_argument("--no-overfit", action="store_true", help="skip the overfit test")
+    p.add_argument("--no-map", action="store_true", help="leave out the mAP gate")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "fallback"), default=None,
+                   help="isolation (default: $GRADER_SANDBOX or auto = bubblewrap when it works)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grade", help="grade one submission")
+    g.add_argument("submission")
+    _grade_args(g)
+    g.add_argument("--json", help="write the full report (staff) as JSON")
+    g.add_argument("--gradescope", help="write Gradescope's results.json")
+    g.add_argument("--feedback", help="write Markdown feedback for the student")
+    g.add_argument("--functions", help="comma-separated functions to grade (default: all)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no console table")
+    g.add_argument("--verbose", "-v", action="store_true", help="full messages in the console table")
+
+    b = sub.add_parser("batch", help="grade every submission of a folder")
+    b.add_argument("folder")
+    _grade_args(b)
+    b.add_argument("--jobs", "-j", type=int, default=1)
+    b.add_argument("--out", default="grades.csv")
+    b.add_argument("--results-dir", help="per-submission JSON reports (default: <out>_reports/)")
+    b.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default 1800)")
+    b.add_argument("--functions", help="comma-separated functions to grade (default: all)")
+
+    gs = sub.add_parser("gradescope-bundle", help="write the Gradescope autograder zip")
+    gs.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
+    gs.add_argument("--out", required=True)
+
+    e = sub.add_parser("export-sanity", help="write the visible sanity fixture of an assignment")
+    e.add_argument("assignment", choices=ASSIGNMENTS)
+    e.add_argument("--out")
+
+    sub.add_parser("sandbox-info", help="which isolation this machine supports")
+    return parser
+
+
+def _write(path: str, text: str) -> None:
+    from grader.results import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def cmd_grade(args) -> int:
+    from grader.grade import grade_path
+    from grader.report import console_table, gradescope_results, markdown_feedback
+
+    progress = None
+    if not args.quiet:
+        def progress(result):  # noqa: ANN001
+            print(f"  {result.status:<7} {result.id}", file=sys.stderr, flush=True)
+
+    report = grade_path(
+        args.submission, args.assignment,
+        functions=args.functions.split(",") if args.functions else None,
+        include_overfit=not args.no_overfit, include_map=not args.no_map,
+        sandbox_mode=args.sandbox, weights=args.weights, voc_root=args.voc_root, retrain=args.retrain,
+        progress=progress,
+    )
+    if args.json:
+        _write(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.gradescope:
+        _write(args.gradescope, json.dumps(gradescope_results(report), indent=2) + "\n")
+    if args.feedback:
+        _write(args.feedback, markdown_feedback(report))
+    if not args.quiet:
+        print(console_table(report, verbose=args.verbose))
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from grader.batch import run_batch
+
+    extra = []
+    if args.weights:
+        extra += ["--weights", args.weights]
+    if args.voc_root:
+        extra += ["--voc-root", args.voc_root]
+    if args.retrain:
+        extra.append("--retrain")
+    if args.no_overfit:
+        extra.append("--no-overfit")
+    if args.no_map:
+        extra.append("--no-map")
+    if args.sandbox:
+        extra += ["--sandbox", args.sandbox]
+    if args.functions:
+        extra += ["--functions", args.functions]
+    rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
+                     extra_args=extra, timeout=args.timeout)
+    print(f"wrote {args.out} ({len(rows)} rows)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "grade":
+        return cmd_grade(args)
+    if args.command == "batch":
+        return cmd_batch(args)
+    if args.command == "gradescope-bundle":
+        from grader.gradescope import build_bundle
+
+        path = build_bundle(args.assignment, args.out)
+        print(f"wrote {path}")
+        return 0
+    if args.command == "export-sanity":
+        from grader.sanity import export_sanity_fixtures
+
+        print(f"wrote {export_sanity_fixtures(args.assignment, args.out)}")
+        return 0
+    if args.command == "sandbox-info":
+        from grader.sandbox import detect_mode
+
+        mode, note = detect_mode("auto")
+        print(f"{mode}: {note}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

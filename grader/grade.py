@@ -1,0 +1,278 @@
+"""Grading one submission: every check of every function, the overfit test, the mAP gate.
+
+The submission's code only ever runs in the sandbox (:mod:`grader.sandbox`);
+this module prepares inputs and reference outputs, sends jobs, and judges
+the returned data.  Scoring rules:
+
+* a check earns its rubric points when its verdict passes (some checks give a
+  fraction, e.g. the overfit test), nothing otherwise;
+* a function that is missing, or whose definition does not parse, fails
+  each of its checks with that reason, without running anything;
+* after a time-out, the function's remaining checks are not run (they fail
+  with a note) so an infinite loop costs one time limit, not ten;
+* a check during which the code tried to import ``solutions`` or ``grader``
+  fails whatever it returned;
+* checks that need something the machine lacks (CUDA, the VOC data, a GPU
+  for retraining) are *skipped*: reported with the reason, worth 0 of 0
+  points (never silently passed, never counted against the student).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from grader import checks as checks_module
+from grader.compare import Verdict
+from grader.functions import CLASSES, DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult, GradeReport
+from grader.rubric import limits_for, load_rubric, split_points
+from grader.sandbox import Outcome, Sandbox
+
+Progress = Callable[[CheckResult], None]
+
+
+def defined_names(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _oracle_and_given(assignment: str, function: str | None, isolate: bool, defined: set[str]) -> tuple[list[str], list[str]]:
+    """Names answered by the reference while checking ``function``, and classes the harness supplies."""
+    missing_deps = [n for n in DEPENDENCIES[assignment] if n not in defined]
+    if isolate and function is not None:
+        oracle = checks_module.oracle_names(assignment, function)
+    else:
+        oracle = [n for n in missing_deps if n not in CLASSES]
+    given = [n for n in missing_deps if n in CLASSES]
+    return oracle, given
+
+
+def run_jobs(sandbox: Sandbox, source: str, assignment: str, function: str | None, specs: Sequence[dict], *,
+             isolate: bool, defined: set[str], limits: dict) -> tuple[list | None, Outcome | None, str]:
+    """Run specs in order; returns (values, failing outcome, captured output)."""
+    oracle, given = _oracle_and_given(assignment, function, isolate, defined)
+    values, output = [], []
+    for spec in specs:
+        outcome = sandbox.run(source, spec, limits=limits, oracle=oracle, oracle_handler=checks_module.oracle_handler,
+                              given_classes=given)
+        if outcome.stdout:
+            output.append(outcome.stdout)
+        if outcome.blocked_imports:
+            outcome.status, outcome.error_type = "error", "ImportError"
+            outcome.error = f"your code tried to import {', '.join(sorted(set(outcome.blocked_imports)))}: not allowed"
+            outcome.traceback = ""
+            return None, outcome, "".join(output)
+        if not outcome.ok:
+            from grader.notebook import relabel_lines
+
+            outcome.traceback = relabel_lines(outcome.traceback or "", source)
+            outcome.error = relabel_lines(outcome.error or "", source) if outcome.error_type == "SyntaxError" else outcome.error
+            return None, outcome, "".join(output)
+        values.append(outcome.value)
+    return values, None, "".join(output)
+
+
+def _is_fatal(outcome: Outcome) -> bool:
+    """Failures that would repeat in every check of the function (and cost a limit each time)."""
+    if outcome.status in ("timeout", "output_limit"):
+        return True
+    if outcome.status == "crashed" and (outcome.error == "the sandbox process died" or outcome.signal is not None):
+        return True
+    text = f"{outcome.error_type} {outcome.error}"
+    return "MemoryError" in text or "can't allocate memory" in text
+
+
+def _status_of(outcome: Outcome) -> str:
+    return TIMEOUT if outcome.status == "timeout" else ERROR
+
+
+def grade_source(
+    source: str,
+    assignment: str,
+    *,
+    functions: Sequence[str] | None = None,
+    include_overfit: bool = True,
+    include_map: bool = True,
+    only_overfit: bool = False,
+    sandbox: Sandbox | None = None,
+    sandbox_mode: str | None = None,
+    notes: Sequence[str] = (),
+    defined: set[str] | None = None,
+    broken: dict[str, str] | None = None,
+    submission: str = "<source>",
+    weights: str | os.PathLike | None = None,
+    voc_root: str | os.PathLike | None = None,
+    retrain: bool = False,
+    rubric: dict | None = None,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    unreadable: str | None = None,
+) -> GradeReport:
+    """Grade ``source`` (the submission's code) for ``assignment``; see the module docstring."""
+    check_assignment(assignment)
+    started = time.monotonic()
+    rubric = rubric or load_rubric()
+    defined = set(defined) if defined is not None else defined_names(source)
+    broken = dict(broken or {})
+    report = GradeReport(assignment, submission, notes=list(notes))
+    if unreadable is not None:
+        # Nothing to run: every check fails with the reason, without starting a sandbox.
+        report.errors.append(unreadable)
+        failure = Outcome("error", error_type="SubmissionError", error=unreadable)
+        _grade_functions(report, None, "", assignment, list(functions or STUDENT_FUNCTIONS[assignment]), set(), {}, rubric,
+                         failure, progress)
+        if include_overfit:
+            from grader.overfit import overfit_results
+
+            report.checks += overfit_results(None, "", assignment, rubric, defined=set(), load_failure=failure, threads=1)
+        if include_map and not only_overfit:
+            from grader.map_gate import map_results
+
+            report.checks += map_results(None, "", assignment, rubric, weights=weights, voc_root=voc_root, retrain=retrain,
+                                         defined=set(), load_failure=failure, threads=1)
+        report.seconds = round(time.monotonic() - started, 2)
+        return report
+    own_sandbox = sandbox is None
+    threads = threads or int(os.environ.get("GRADER_THREADS", "0")) or min(2, os.cpu_count() or 1)
+    if own_sandbox:
+        sandbox = Sandbox(sandbox_mode, threads=1, limits=limits_for(rubric))
+        sandbox.start()  # boots while the references are prepared
+    report.sandbox = f"{sandbox.mode}: {sandbox.mode_note}"
+    wanted = list(functions) if functions is not None else list(STUDENT_FUNCTIONS[assignment])
+    try:
+        load_failure = None
+        if not only_overfit or include_overfit:
+            probe = sandbox.run(source, {"op": "load"}, limits={"wall_seconds": float(limits_for(rubric).get("load_seconds", 60))})
+            if not probe.ok:
+                load_failure = probe
+                from grader.notebook import relabel_lines
+
+                report.errors.append("your code could not be loaded: " + relabel_lines(probe.describe(), source))
+            else:
+                from grader.notebook import relabel_lines
+
+                for warning in (probe.value or {}).get("warnings", []):
+                    report.notes.append(relabel_lines(str(warning), source))
+        if not only_overfit:
+            _grade_functions(report, sandbox, source, assignment, wanted, defined, broken, rubric, load_failure, progress)
+        if include_overfit:
+            from grader.overfit import overfit_results
+
+            for result in overfit_results(sandbox, source, assignment, rubric, defined=defined, load_failure=load_failure,
+                                          threads=threads):
+                report.checks.append(result)
+                if progress:
+                    progress(result)
+        if include_map and not only_overfit:
+            from grader.map_gate import map_results
+
+            for result in map_results(sandbox, source, assignment, rubric, weights=weights, voc_root=voc_root,
+                                      retrain=retrain, defined=defined, load_failure=load_failure, threads=threads):
+                report.checks.append(result)
+                if progress:
+                    progress(result)
+    finally:
+        if own_sandbox:
+            sandbox.close()
+    report.seconds = round(time.monotonic() - started, 2)
+    return report
+
+
+def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignment: str, wanted: list[str],
+                     defined: set[str], broken: dict[str, str], rubric: dict, load_failure: Outcome | None,
+                     progress: Progress | None) -> None:
+    cuda = torch.cuda.is_available() and (sandbox is None or sandbox.cuda)
+    base_limits = limits_for(rubric)
+    timed_out: set[str] = set()
+    selected = [c for c in checks_module.registry(assignment) if c.function in wanted]
+    skipped = {c.id for c in selected if c.cuda and not cuda}
+    points = split_points(rubric, assignment, selected, skipped)
+    for check in selected:
+        result = CheckResult(check.id, check.function, check.title, check.visible, points[check.id])
+        t0 = time.monotonic()
+        if check.id in skipped:
+            result.status, result.max_points = SKIPPED, 0.0
+            result.message = "skipped: no CUDA device on the grading machine (this check runs only where one is present)"
+        elif load_failure is not None:
+            result.status = _status_of(load_failure)
+            if load_failure.error_type == "SubmissionError":
+                result.message = f"not graded: {load_failure.error}"
+            else:
+                result.message = "not run: your code could not be loaded (" + load_failure.describe().splitlines()[0] + ")"
+        elif check.function not in defined:
+            result.status = FAILED
+            result.message = f"`{check.function}` is not defined" + (f": {broken[check.function]}" if check.function in broken else
+                                                                    " in your submission")
+        elif check.function in timed_out:
+            result.status = TIMEOUT
+            result.message = ("not run: an earlier check of this function hit a limit (time, memory, output) "
+                              "or killed the sandbox")
+        else:
+            try:
+                job = checks_module.cached_job(assignment, check)
+            except Exception as error:  # noqa: BLE001 - a grader bug must not cost the student points
+                result.status, result.max_points = ERROR, 0.0
+                result.message = "internal grader error (not counted): please tell the course staff"
+                result.detail = traceback.format_exc()
+                report.errors.append(f"{check.id}: grader error {type(error).__name__}: {error}")
+            else:
+                limits = dict(base_limits)
+                limits.update(check.limits)
+                if job.wall_seconds:
+                    limits["wall_seconds"] = job.wall_seconds
+                values, failure, output = run_jobs(sandbox, source, assignment, check.function, job.specs,
+                                                   isolate=check.isolate, defined=defined, limits=limits)
+                if check.visible:
+                    result.output = output[-4000:]
+                else:
+                    result.detail = output[-4000:]
+                if failure is not None:
+                    result.status = _status_of(failure)
+                    result.message = failure.describe()
+                    if _is_fatal(failure):
+                        timed_out.add(check.function)
+                else:
+                    try:
+                        verdict = job.judge(values)
+                    except Exception as error:  # noqa: BLE001 - odd outputs must not crash the grader
+                        verdict = Verdict(False, f"unexpected output structure ({type(error).__name__}: {str(error)[:200]})")
+                    if verdict.passed:
+                        result.status, result.points = PASSED, result.max_points
+                    else:
+                        result.status = FAILED
+                        if verdict.fraction:
+                            result.points = round(result.max_points * max(0.0, min(1.0, verdict.fraction)), 4)
+                    result.message = verdict.message
+        result.seconds = round(time.monotonic() - t0, 3)
+        report.checks.append(result)
+        if progress:
+            progress(result)
+
+
+def grade_path(path: str | os.PathLike, assignment: str, **kwargs) -> GradeReport:
+    """Grade a notebook, module or folder; unreadable files give a zero report with the reason."""
+    from grader.notebook import SubmissionError, extract_submission
+
+    try:
+        submission = extract_submission(path, assignment)
+    except SubmissionError as error:
+        return grade_source("", assignment, unreadable=str(error), submission=str(Path(path)), **kwargs)
+    notes = list(kwargs.pop("notes", [])) + submission.notes
+    return grade_source(submission.source, assignment, notes=notes, defined=submission.defined,
+                        broken=submission.broken, submission=str(Path(path)), **kwargs)

@@ -1,0 +1,415 @@
+"""Getting a student's code out of a notebook, and grading from inside one (nbgrader).
+
+* :func:`extract_student_code` / :func:`extract_submission` -- the source of a
+  submission (``.ipynb``, ``.py`` or a folder holding one), taken from the
+  nbgrader solution cells (``metadata.nbgrader.solution == true``), or, when
+  that metadata is missing, from every code cell that defines something.
+  Bare expressions and loops at the top level (``print(...)``, training
+  runs, magics) are dropped: only definitions, imports and assignments are
+  kept.  A cell with a syntax error loses only the definitions that do not
+  parse (the others are graded); an unreadable file raises
+  :class:`SubmissionError` with a clear message.
+* :func:`grade_cell` -- called by the notebooks' graded test cells (nbgrader
+  autograde runs them in the student's kernel): grades one function in the
+  sandbox and raises ``AssertionError`` with the failed checks, or, with
+  ``points=``, returns the points earned (nbgrader's partial credit: a grade
+  cell whose result is a number gets that many points).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+
+#: Calls that mark a cell as a test cell (never part of the submission's code).
+TEST_MARKERS = ("grade_cell(", "run_sanity(", "### BEGIN HIDDEN TESTS")
+BLOCKED_IMPORTS = ("solutions", "grader")
+#: Modules of the notebook's own tooling that graded code never needs.
+NOTEBOOK_ONLY_MODULES = ("course_tools", "course_sanity", "google")
+
+
+class SubmissionError(ValueError):
+    """The submission cannot be read at all (corrupt file, wrong format)."""
+
+
+@dataclass
+class Submission:
+    path: str
+    source: str
+    notes: list[str] = field(default_factory=list)
+    defined: set[str] = field(default_factory=set)
+    #: names whose definition was dropped because it did not parse
+    broken: dict[str, str] = field(default_factory=dict)
+
+
+def _ipython_to_python(source: str) -> str:
+    """Turn magics (``%time``, ``!pip``) into Python so that ``ast`` can parse the cell."""
+    if not re.search(r"^\s*[%!]", source, flags=re.M):
+        return source
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001 - IPython missing or confused: comment the magics out
+        return re.sub(r"^(\s*)([%!])", r"\1# \2", source, flags=re.M)
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _keep(node: ast.stmt, strict: bool = False) -> tuple[bool, str | None]:
+    """Whether a top-level statement is kept; and a note when it is dropped for a reason worth telling.
+
+    Solution cells keep definitions, imports, assignments, ``if``/``try``
+    blocks; bare expressions and loops go.  ``strict`` (cells that are not
+    solution cells) keeps only definitions, imports and assignments that call
+    nothing (constants), so that a given "train the model" cell never runs.
+    """
+    if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+        return False, None  # only legal at the top of a file; Python >= 3.11 needs none of them here
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if any(m.split(".")[0] in BLOCKED_IMPORTS for m in modules):
+            return False, f"line {node.lineno}: importing {', '.join(modules)} is not allowed; the import was removed"
+        if any(m.split(".")[0] in NOTEBOOK_ONLY_MODULES for m in modules):
+            return False, None  # notebook helpers (visible checks, display): never needed by graded code
+        return True, None
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True, None
+    if _is_docstring(node):
+        return True, None
+    if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        if strict:
+            value = getattr(node, "value", None)
+            try:
+                ast.literal_eval(value) if value is not None else None
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                return False, None  # not a constant: belongs to the notebook's demo code
+        return True, None
+    if not strict and isinstance(node, (ast.If, ast.Try, ast.Global)):
+        return True, None
+    return False, None
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names.add(target.id)
+    return names
+
+
+def _top_level_chunks(source: str) -> list[tuple[int, str]]:
+    """Split source at lines starting in column 0 with a keyword that opens a
+    top-level statement: used to salvage what parses from a broken cell."""
+    lines = source.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines)
+              if re.match(r"(def |class |async def |import |from |@|[A-Za-z_][A-Za-z0-9_]*\s*[:=])", line)]
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    chunks = []
+    for a, b in zip(starts, starts[1:] + [len(lines)]):
+        chunks.append((a, "".join(lines[a:b])))
+    return chunks
+
+
+def clean_source(source: str, label: str, notes: list[str], broken: dict[str, str], strict: bool = False) -> tuple[str, set[str]]:
+    """Keep the definitions of one cell/file (see module docstring); line numbers are preserved."""
+    python = _ipython_to_python(source)
+    try:
+        tree = ast.parse(python)
+        pieces = [(0, python, tree)]
+    except SyntaxError as error:
+        pieces = []
+        for offset, chunk in _top_level_chunks(python):
+            try:
+                pieces.append((offset, chunk, ast.parse(chunk)))
+            except SyntaxError as chunk_error:
+                match = re.match(r"\s*(?:@.*\n\s*)*(?:async\s+)?(?:def|class)\s+([A-Za-z_][A-Za-z0-9_]*)", chunk)
+                name = match.group(1) if match else None
+                line = offset + (chunk_error.lineno or 1)
+                what = f"the definition of {name}" if name else "a statement"
+                notes.append(f"{label}: syntax error at line {line} ({chunk_error.msg}); {what} there is not graded")
+                if name:
+                    broken[name] = f"syntax error in its definition ({label}, line {line}: {chunk_error.msg})"
+        if not pieces:
+            notes.append(f"{label}: syntax error at line {error.lineno} ({error.msg}); nothing in it is graded")
+    out_lines = python.splitlines()
+    kept_lines = [""] * len(out_lines)
+    defined: set[str] = set()
+    for offset, chunk, tree in pieces:
+        chunk_lines = chunk.splitlines()
+        for node in tree.body:
+            keep, note = _keep(node, strict)
+            if note:
+                notes.append(f"{label}: {note}")
+            if not keep:
+                continue
+            start = node.lineno - 1
+            if getattr(node, "decorator_list", None):
+                start = min(d.lineno for d in node.decorator_list) - 1
+            for i in range(start, node.end_lineno):
+                if offset + i < len(kept_lines):
+                    kept_lines[offset + i] = chunk_lines[i] if i < len(chunk_lines) else ""
+        defined |= _defined_names(tree)
+    return "\n".join(kept_lines), defined
+
+
+def _defines_something(source: str) -> bool:
+    """Whether a cell defines a function or class at the top level (tolerates syntax errors)."""
+    try:
+        tree = ast.parse(_ipython_to_python(source))
+    except SyntaxError:
+        return bool(re.search(r"^(async\s+)?(def|class)\s", source, flags=re.M))
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in tree.body)
+
+
+def _is_test_cell(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
+    if meta.get("grade") and not meta.get("solution"):
+        return True
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else source
+    return any(marker in source for marker in TEST_MARKERS)
+
+
+def _read_notebook(path: Path) -> dict:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SubmissionError(f"{path.name} is not valid UTF-8 (byte {error.start}): save the notebook again from Jupyter") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SubmissionError(f"{path.name} is not a valid notebook (JSON error at line {error.lineno}: {error.msg}); "
+                              "it may be truncated or corrupt: download it again from Jupyter") from error
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise SubmissionError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+    return data
+
+
+def resolve_submission_path(path: str | os.PathLike, assignment: str) -> Path:
+    """A notebook/module file, or the one inside a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise SubmissionError(f"{path} does not exist")
+    if path.is_file():
+        return path
+    candidates = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in (".ipynb", ".py")
+                  and ".ipynb_checkpoints" not in p.parts and not p.name.startswith(".")]
+    named = [p for p in candidates if p.stem == assignment]
+    if len(named) == 1:
+        return named[0]
+    notebooks = [p for p in candidates if p.suffix == ".ipynb"]
+    if len(notebooks) == 1:
+        return notebooks[0]
+    modules = [p for p in candidates if p.suffix == ".py"]
+    if not notebooks and len(modules) == 1:
+        return modules[0]
+    if not candidates:
+        raise SubmissionError(f"{path} holds no .ipynb or .py file")
+    raise SubmissionError(f"{path} holds several candidate files ({', '.join(p.name for p in candidates[:6])}); "
+                          f"name the notebook {assignment}.ipynb")
+
+
+def extract_submission(path: str | os.PathLike, assignment: str) -> Submission:
+    check_assignment(assignment)
+    file = resolve_submission_path(path, assignment)
+    notes: list[str] = []
+    broken: dict[str, str] = {}
+    parts: list[str] = []
+    defined: set[str] = set()
+    if file.suffix == ".py":
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SubmissionError(f"{file.name} is not valid UTF-8 (byte {error.start})") from error
+        source, names = clean_source(text, file.name, notes, broken)
+        return Submission(str(file), source, notes, names, broken)
+    if file.suffix != ".ipynb":
+        raise SubmissionError(f"{file.name}: expected a .ipynb notebook or a .py module")
+    nb = _read_notebook(file)
+    cells = [c for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
+    has_metadata = any((c.get("metadata", {}).get("nbgrader") or {}).get("solution") for c in cells)
+    expected = set(STUDENT_FUNCTIONS[assignment]) | set(DEPENDENCIES[assignment])
+    if not has_metadata:
+        notes.append("no nbgrader solution metadata found: code was taken from every cell that defines something")
+    for index, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        meta = cell.get("metadata", {}).get("nbgrader") or {}
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        # Test cells never count; other cells that are not solution cells
+        # (given code, cells students added) contribute definitions only.
+        if _is_test_cell(cell):
+            continue
+        label = f"cell {index + 1}"
+        strict = not meta.get("solution") if has_metadata else not _defines_something(source)
+        cleaned, names = clean_source(source, label, notes, broken, strict=strict)
+        if not names and not cleaned.strip():
+            continue
+        defined |= names
+        parts.append(f"# --- {label} ---\n{cleaned}\n")
+    missing = [n for n in STUDENT_FUNCTIONS[assignment] if n not in defined]
+    if len(missing) == len(STUDENT_FUNCTIONS[assignment]) and not (defined & expected):
+        notes.append("none of the assignment's functions is defined in this notebook (wrong assignment or file?)")
+    return Submission(str(file), "\n".join(parts), notes, defined, broken)
+
+
+def locate(source: str, lineno: int) -> str:
+    """``"cell 12, line 3"`` for a line of an extracted source (``"line N"`` without cell markers)."""
+    lines = source.splitlines()
+    for i in range(min(lineno, len(lines)) - 1, -1, -1):
+        match = re.match(r"# --- (cell \d+|input \d+) ---$", lines[i])
+        if match:
+            return f"{match.group(1)}, line {lineno - i - 1}"
+    return f"line {lineno}"
+
+
+def relabel_lines(text: str, source: str) -> str:
+    """Rewrite ``line N`` references of a traceback into notebook cell positions."""
+    if "# --- " not in source:
+        return text
+    return re.sub(r"\bline (\d+)", lambda m: locate(source, int(m.group(1))), text)
+
+
+def extract_student_code(notebook_path: str | os.PathLike, assignment: str) -> str:
+    """The submission's source (see :func:`extract_submission`)."""
+    return extract_submission(notebook_path, assignment).source
+
+
+# ---------------------------------------------------------------------------
+# Inside a notebook (nbgrader autograde)
+# ---------------------------------------------------------------------------
+
+_SANDBOX = None
+
+
+def _shared_sandbox():
+    """One sandbox per kernel: the zygote boots once for all grade cells."""
+    global _SANDBOX
+    if _SANDBOX is None or _SANDBOX.proc is None and _SANDBOX.restarts > 20:
+        import atexit
+
+        from grader.sandbox import Sandbox
+
+        _SANDBOX = Sandbox()
+        _SANDBOX.start()
+        atexit.register(_SANDBOX.close)
+    return _SANDBOX
+
+
+def source_from_kernel(namespace: dict, assignment: str) -> Submission:
+    """The code this kernel has run: IPython's input history, definitions only."""
+    history = namespace.get("In") or namespace.get("_ih")
+    notes: list[str] = []
+    broken: dict[str, str] = {}
+    parts: list[str] = []
+    defined: set[str] = set()
+    if isinstance(history, list) and history:
+        for index, cell in enumerate(history):
+            if not isinstance(cell, str) or not cell.strip() or any(m in cell for m in TEST_MARKERS):
+                continue
+            # Cells that define functions/classes are treated like solution cells;
+            # the others (demo, training, plotting) only contribute constants and imports.
+            cleaned, names = clean_source(cell, f"input {index}", notes, broken, strict=not _defines_something(cell))
+            if names or cleaned.strip():
+                defined |= names
+                parts.append(f"# --- input {index} ---\n{cleaned}\n")
+        return Submission("<kernel>", "\n".join(parts), notes, defined, broken)
+    import inspect
+
+    for name in STUDENT_FUNCTIONS[assignment] + DEPENDENCIES[assignment]:
+        obj = namespace.get(name)
+        if obj is None:
+            continue
+        try:
+            parts.append(inspect.getsource(obj))
+            defined.add(name)
+        except (OSError, TypeError):
+            notes.append(f"could not recover the source of {name}")
+    header = "import math\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\nfrom torch import nn\n"
+    return Submission("<namespace>", header + "\n\n".join(parts), notes, defined, broken)
+
+
+class Points(float):
+    """Points earned by a grade cell; displays as a bare number (nbgrader partial credit)."""
+
+    def __repr__(self) -> str:
+        return f"{float(self):g}"
+
+
+def _reference_available() -> bool:
+    try:
+        import solutions  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def grade_cell(assignment: str, name: str, namespace: dict, points: float | None = None):
+    """Grade one function (or ``"overfit"``) from inside the student's kernel.
+
+    Runs the function's visible and hidden checks in the sandbox against the
+    reference and prints one line per check (hidden checks by title only).
+
+    * ``points=None``: raise ``AssertionError`` listing the failed checks
+      (nbgrader then gives the cell no points); return ``None`` otherwise.
+    * ``points=P``: never raise for a wrong answer; return the points earned,
+      ``P * earned / available``, as the cell's result (nbgrader's partial
+      credit reads it).
+
+    Without :mod:`solutions` (a student's own machine) only the visible checks
+    run, in-process, and a note says that hidden checks run at grading time.
+    Nothing is written to stderr (nbgrader would zero the cell).
+    """
+    check_assignment(assignment)
+    valid = STUDENT_FUNCTIONS[assignment] + ["overfit"]
+    if name not in valid:
+        raise ValueError(f"{name!r} is not graded in {assignment}; expected one of {valid}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not _reference_available():
+            from grader.sanity import run_sanity
+
+            print(f"{name}: visible checks only (hidden checks run when your notebook is graded)")
+            results = [] if name == "overfit" else run_sanity(assignment, name, namespace)
+            failed = [r for r in results if not r.passed]
+            if failed and points is None:
+                raise AssertionError("\n".join(f"{r.title}: {r.message}" for r in failed))
+            return None if points is None else Points(0.0 if failed else points)
+
+        from grader.grade import grade_source
+        from grader.report import cell_summary
+
+        submission = source_from_kernel(namespace, assignment)
+        report = grade_source(submission.source, assignment, functions=[name], include_overfit=(name == "overfit"),
+                              include_map=False, sandbox=_shared_sandbox(), notes=submission.notes,
+                              only_overfit=(name == "overfit"), defined=submission.defined, broken=submission.broken)
+        print(cell_summary(report, name))
+        sys.stdout.flush()
+        earned, available = report.score, report.max_score
+        if points is None:
+            failed = [c for c in report.checks if c.status not in ("passed", "skipped")]
+            if failed:
+                raise AssertionError(f"{name}: {len(failed)} of {len(report.checks)} checks failed:\n" +
+                                     "\n".join(f"- {c.title}: {c.message.splitlines()[0] if c.message else c.status}" for c in failed))
+            return None
+        fraction = earned / available if available > 0 else 0.0
+        return Points(round(min(points, points * fraction), 4))
