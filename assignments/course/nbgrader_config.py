@@ -1,0 +1,66 @@
+"""nbgrader configuration of the detection course (works out of the box).
+
+Run every nbgrader command from this folder (``assignments/course``), e.g.::
+
+    nbgrader generate_assignment one_stage --force
+    nbgrader autograde one_stage
+    nbgrader generate_feedback one_stage
+
+Environment variables (all optional):
+
+NBGRADER_DB_URL
+    SQLAlchemy URL of the gradebook.  Default: ``sqlite:///<this folder>/gradebook.db``,
+    fine for one grader.  Several graders at once: a server database, e.g.
+    ``postgresql+psycopg://grader:secret@db.example.edu/detection_course``
+    (install the driver, ``pip install "psycopg[binary]"``).
+COURSE_CELL_TIMEOUT
+    Seconds one notebook cell may run while validating/autograding (default 180;
+    see below).
+
+While nbgrader executes a notebook (validate, autograde) it sets
+NBGRADER_EXECUTION; the notebooks then train with their smallest settings (a
+few iterations on a few images), as with COURSE_SMALL=1: training is not
+graded, only the test cells are.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the repository: makes `assignments` importable for the feedback filter
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from assignments.feedback import StripHiddenTests  # noqa: E402
+
+c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
+
+c.CourseDirectory.root = str(HERE)
+c.CourseDirectory.course_id = "detection-course"
+c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or f"sqlite:///{HERE / 'gradebook.db'}"
+c.CourseDirectory.assignment_id = ""
+# Files of an assignment folder that are never released or collected.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*_submission.zip"]
+
+# Per-cell time limit while validating / autograding.  The longest cells are
+# the hidden tests of the full detectors (a few seconds each on a 2-core CPU)
+# and the training cells, which the notebooks shrink to a few iterations under
+# nbgrader (it sets NBGRADER_EXECUTION, which the notebooks read).  A student
+# notebook stuck in an infinite loop costs at most this much per cell.
+c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "180"))
+c.Execute.interrupt_on_timeout = True
+
+# The student release: stubs in place of solutions, hidden tests removed,
+# no outputs.  (These are nbgrader's defaults, stated here on purpose.)
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.enforce_metadata = True
+c.ClearHiddenTests.enforce_metadata = True
+c.GenerateAssignment.create_assignment = True
+
+# Feedback: nbgrader's HTML shows hidden tests and their tracebacks by
+# default; StripHiddenTests removes both (see assignments/feedback.py).
+c.GenerateFeedback.preprocessors = [GetGrades, StripHiddenTests, CSSHTMLHeaderPreprocessor]

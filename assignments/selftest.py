@@ -1,0 +1,302 @@
+"""The whole nbgrader round trip on a throw-away copy of the course.
+
+    python -m assignments selftest [one_stage two_stage] [--keep DIR]
+
+For each assignment: ``nbgrader generate_assignment``; ``nbgrader validate``
+on the source notebook (all tests pass) and ``--invert`` on the release (every
+test fails); three submissions (the release completed with the reference, the
+untouched release, the reference with one planted bug); ``nbgrader
+autograde``; the scores from the gradebook; ``nbgrader generate_feedback``
+and a scan of the feedback HTML for hidden test code.  The tests in
+``tests/test_notebooks_e2e.py`` run exactly this and assert on the report;
+instructors can run it to check an installation before a term starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
+from assignments.extract import ROOT
+
+STUDENTS = {"reference": "ref", "release": "blank", "bug": "bug"}
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    """A one-line change that breaks exactly one graded function."""
+
+    function: str
+    old: str
+    new: str
+
+
+#: One bug per assignment, each in a function whose result other graded
+#: functions use (so the grader must isolate them to give the exact score).
+PLANTED_BUGS = {
+    "one_stage": PlantedBug("fcos_make_centerness_targets", "torch.sqrt(horizontal * vertical)",
+                            "horizontal * vertical"),
+    "two_stage": PlantedBug("rcnn_get_deltas_from_anchors", "torch.log(bw / pw), torch.log(bh / ph)",
+                            "torch.log(bh / ph), torch.log(bw / pw)"),
+}
+
+
+@dataclass
+class AssignmentReport:
+    assignment: str
+    max_score: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    cell_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    validate_source: str = ""
+    validate_release: str = ""
+    errors_in_reference: list[str] = field(default_factory=list)
+    feedback_leaks: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    planted_bug: bool = True
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # nbgrader runs other console scripts (alembic) by name: the interpreter's
+    # own bin/ must come first even when its virtualenv is not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("NBGRADER_DB_URL", None)  # the copy always uses its own SQLite gradebook
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def nbgrader(course: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``nbgrader ARGS`` in ``course`` with the project's interpreter."""
+    exe = Path(sys.executable).with_name("nbgrader")
+    cmd = [str(exe) if exe.exists() else "nbgrader", *args]
+    proc = subprocess.run(cmd, cwd=course, env=_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"`nbgrader {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_course(dest: Path, assignments: list[str]) -> Path:
+    """A fresh course folder: the committed config and source folders, plus the
+    student wheel (built here, as `python -m assignments build` does; it is not
+    committed)."""
+    from assignments.student_package import build_wheel
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(COURSE_DIR / "nbgrader_config.py", dest / "nbgrader_config.py")
+    for name in assignments:
+        shutil.copytree(ASSIGNMENTS[name].source_dir, dest / "source" / name,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "*.whl", "*_submission.zip"))
+        build_wheel(dest / "source" / name)
+    return dest
+
+
+def reference_submission(source_nb: Path, release_nb: Path) -> nbformat.NotebookNode:
+    """The release notebook with every solution cell filled in from the source notebook."""
+    source = nbformat.read(source_nb, as_version=4)
+    release = nbformat.read(release_nb, as_version=4)
+    solutions = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    filled = 0
+    for cell in release.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = solutions[meta["grade_id"]]
+            filled += 1
+    if filled != len(solutions):
+        raise RuntimeError(f"{release_nb}: filled {filled} of {len(solutions)} solution cells")
+    return release
+
+
+def plant_bug(nb: nbformat.NotebookNode, bug: PlantedBug) -> nbformat.NotebookNode:
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == bug.function:
+            if bug.old not in cell.source:
+                raise RuntimeError(f"planted bug: {bug.old!r} not found in {bug.function}")
+            cell.source = cell.source.replace(bug.old, bug.new, 1)
+            return nb
+    raise RuntimeError(f"planted bug: no cell {bug.function}")
+
+
+def submit(course: Path, assignment: str, student: str, nb: nbformat.NotebookNode) -> Path:
+    folder = course / "submitted" / student / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{assignment}.ipynb"
+    nbformat.write(nb, path)
+    (folder / "timestamp.txt").write_text("2030-01-01 12:00:00.000000 UTC")
+    return path
+
+
+def error_cells(nb_path: Path) -> list[str]:
+    """``"<cell id>: <exception>"`` for every cell with an error output."""
+    nb = nbformat.read(nb_path, as_version=4)
+    out = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                out.append(f"{cell.get('id', '?')}: {output.ename}: {output.evalue}"[:300])
+    return out
+
+
+def scores(course: Path, assignment: str) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=COURSE_ID) as gb:
+        max_score = gb.find_assignment(assignment).max_score
+        totals, cells = {}, {}
+        for submission in gb.assignment_submissions(assignment):
+            student = submission.student.id
+            totals[student] = submission.score
+            cells[student] = {g.name: g.score for nb in submission.notebooks for g in nb.grades}
+    return max_score, totals, cells
+
+
+def feedback_leaks(course: Path, assignment: str, source_nb: Path) -> list[str]:
+    """Hidden test text found in any feedback HTML of ``assignment``."""
+    source = nbformat.read(source_nb, as_version=4)
+    hidden_lines = set()
+    for cell in source.cells:
+        for region in re.findall(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", cell.source, flags=re.S):
+            hidden_lines |= {line.strip() for line in region.splitlines() if line.strip()}
+    # (a traceback of a hidden test would name the grader's files)
+    needles = {"BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "[hidden tests]", "grade_cell", "grader.notebook", "/grader/"}
+    needles |= hidden_lines
+    leaks = []
+    files = sorted((course / "feedback").glob(f"*/{assignment}/*.html"))
+    if not files:
+        return ["no feedback HTML was generated"]
+    import html
+
+    for path in files:
+        text = html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+        for needle in sorted(needles):
+            if needle in text:
+                leaks.append(f"{path.relative_to(course)}: {needle!r}")
+    return leaks
+
+
+def run_assignment(course: Path, assignment: str, log=print, plant: bool = True) -> AssignmentReport:
+    report = AssignmentReport(assignment, planted_bug=plant)
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        report.seconds[name] = round(now - t, 1)
+        t = now
+        log(f"  {assignment}: {name} ({report.seconds[name]} s)")
+
+    nbgrader(course, "generate_assignment", assignment, "--force")
+    lap("generate_assignment")
+    source_nb = course / "source" / assignment / f"{assignment}.ipynb"
+    release_nb = course / "release" / assignment / f"{assignment}.ipynb"
+    report.validate_source = nbgrader(course, "validate", str(source_nb)).stdout.strip()
+    lap("validate source")
+    report.validate_release = nbgrader(course, "validate", "--invert", str(release_nb)).stdout.strip()
+    lap("validate --invert release")
+
+    reference = reference_submission(source_nb, release_nb)
+    submit(course, assignment, STUDENTS["reference"], reference)
+    submit(course, assignment, STUDENTS["release"], nbformat.read(release_nb, as_version=4))
+    if plant:
+        submit(course, assignment, STUDENTS["bug"], plant_bug(reference, PLANTED_BUGS[assignment]))
+    nbgrader(course, "autograde", assignment, "--force")
+    lap(f"autograde x{3 if plant else 2}")
+    report.max_score, report.scores, report.cell_scores = scores(course, assignment)
+    report.errors_in_reference = error_cells(
+        course / "autograded" / STUDENTS["reference"] / assignment / f"{assignment}.ipynb")
+    nbgrader(course, "generate_feedback", assignment, "--force")
+    lap("generate_feedback")
+    report.feedback_leaks = feedback_leaks(course, assignment, source_nb)
+    return report
+
+
+def selftest(assignments: list[str], workdir: Path | None = None, log=print,
+             bugs: list[str] | None = None, parallel: bool = False) -> dict[str, AssignmentReport]:
+    """Run the round trip; ``bugs``: assignments that get the planted-bug
+    submission (default: all; each costs one more notebook execution).
+    ``parallel``: each assignment in its own copy of the course (own
+    gradebook), both at once -- nbgrader is mostly waiting on kernels and
+    process start-ups, so two pipelines share two cores well."""
+    owned = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="course-selftest-")) if owned else workdir
+    bugs = list(assignments) if bugs is None else bugs
+    try:
+        if not parallel:
+            course = copy_course(workdir / "course", assignments)
+            return {name: run_assignment(course, name, log, plant=name in bugs) for name in assignments}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(assignments)) as pool:
+            futures = {name: pool.submit(run_assignment, copy_course(workdir / name / "course", [name]), name, log,
+                                         name in bugs) for name in assignments}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def course_of(workdir: Path, assignment: str, parallel: bool) -> Path:
+    """The course folder :func:`selftest` used for ``assignment``."""
+    return workdir / assignment / "course" if parallel else workdir / "course"
+
+
+def expected_problems(report: AssignmentReport) -> list[str]:
+    """What is wrong with a report (empty = the round trip behaved)."""
+    spec = ASSIGNMENTS[report.assignment]
+    bug = PLANTED_BUGS[report.assignment]
+    problems = []
+    if report.max_score != spec.total_points:
+        problems.append(f"max score {report.max_score} != {spec.total_points}")
+    ref, blank, buggy = (report.scores.get(STUDENTS[k]) for k in ("reference", "release", "bug"))
+    if ref != spec.total_points:
+        failed = {k: v for k, v in report.cell_scores.get(STUDENTS["reference"], {}).items()
+                  if k.startswith("check-") and v < spec.points[k.removeprefix("check-")]}
+        problems.append(f"reference scored {ref} of {spec.total_points}; failing cells: {failed}")
+    if blank != 0:
+        problems.append(f"untouched release scored {blank}, expected 0")
+    if report.planted_bug and buggy != spec.total_points - spec.points[bug.function]:
+        lost = {k: v for k, v in report.cell_scores.get(STUDENTS["bug"], {}).items()
+                if k.startswith("check-") and v < spec.points[k.removeprefix("check-")]}
+        problems.append(f"planted bug in {bug.function}: scored {buggy}, expected "
+                        f"{spec.total_points - spec.points[bug.function]}; cells losing points: {lost}")
+    if "Success!" not in report.validate_source:
+        problems.append("nbgrader validate on the source failed:\n" + report.validate_source[-3000:])
+    if "Success!" not in report.validate_release:
+        problems.append("nbgrader validate --invert on the release failed:\n" + report.validate_release[-3000:])
+    if report.errors_in_reference:
+        problems.append(f"cells raising in the reference run: {report.errors_in_reference}")
+    if report.feedback_leaks:
+        problems.append(f"hidden tests visible in feedback: {report.feedback_leaks}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m assignments selftest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("assignments", nargs="*", default=list(ASSIGNMENTS))
+    parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    parser.add_argument("--parallel", action="store_true", help="both assignments at once, each in its own course copy")
+    args = parser.parse_args(argv)
+    reports = selftest(args.assignments, args.keep, parallel=args.parallel)
+    status = 0
+    for name, report in reports.items():
+        problems = expected_problems(report)
+        print(f"{name}: scores {report.scores} of {report.max_score}; times {report.seconds}")
+        for problem in problems:
+            print(f"  PROBLEM: {problem}")
+        status |= bool(problems)
+    print("selftest " + ("FAILED" if status else "passed"))
+    return status

@@ -1,0 +1,142 @@
+"""The package students install: ``data_utils`` and the visible-check runner, no answers.
+
+The project's own ``pyproject.toml`` installs ``solutions`` (the reference
+answers) and ``grader`` too, which is right for instructors and CI and wrong
+for students.  This module writes a separate wheel,
+``detection_course_student-<version>-py3-none-any.whl``, that contains
+
+* the ``data_utils`` package (data, training engine, evaluation, plots), and
+* the part of ``grader`` that runs the *visible* sanity checks on the
+  student's machine (:data:`STUDENT_GRADER_MODULES`: ``grader.sanity`` and
+  what it imports); the hidden checks (``grader/checks*.py``), the rubric,
+  the sandbox and the grading code stay with the instructors.
+
+The sanity fixtures (expected values, no code) and ``course_tools.py``
+travel next to the notebook in the released assignment folder.
+
+The wheel is built by hand with :mod:`zipfile` (no build backend, no
+network): entries sorted, fixed timestamps, so the same sources give the same
+bytes.  ``python -m assignments build`` writes it into every assignment's
+source folder, so ``nbgrader generate_assignment`` puts it in the release and
+the notebook's first cell can ``pip install`` it (on Colab) from the
+assignment folder.  Instructors may also publish it and set
+``COURSE_PACKAGE_URL`` (see the notebooks' first cell).
+
+:func:`wheel_problems` proves what is inside: only ``data_utils/`` and the
+metadata, no line of a reference body, no ``### BEGIN SOLUTION`` marker, no
+module-level import of ``solutions``, and no grader module outside
+:data:`STUDENT_GRADER_MODULES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import tomllib
+import zipfile
+from pathlib import Path
+
+from assignments.extract import BEGIN_SOLUTION, ROOT
+
+DIST_NAME = "detection_course_student"
+PACKAGES = ("data_utils", "grader")
+#: The grader modules students get: the visible-check runner and its imports.
+STUDENT_GRADER_MODULES = ("__init__", "_child", "compare", "functions", "results", "sanity")
+#: Runtime requirements of data_utils (Colab already has all of them).
+REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
+FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def wheel_name() -> str:
+    return f"{DIST_NAME}-{version()}-py3-none-any.whl"
+
+
+def _package_files() -> list[tuple[str, bytes]]:
+    files = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            if package == "grader" and (path.parent.name != "grader" or path.stem not in STUDENT_GRADER_MODULES):
+                continue
+            files.append((path.relative_to(ROOT).as_posix(), path.read_bytes()))
+    return files
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(out_dir: Path) -> Path:
+    """Write the student wheel into ``out_dir``; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info_dir = f"{DIST_NAME}-{version()}.dist-info"
+    metadata = "\n".join([
+        "Metadata-Version: 2.1",
+        f"Name: {DIST_NAME.replace('_', '-')}",
+        f"Version: {version()}",
+        "Summary: Student package of the object detection course: data, training loop, evaluation, plots "
+        "(no reference solutions).",
+        "Requires-Python: >=3.10",
+        *[f"Requires-Dist: {r}" for r in REQUIRES],
+        "",
+    ]).encode()
+    wheel = b"Wheel-Version: 1.0\nGenerator: assignments.student_package\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries = _package_files() + [
+        (f"{info_dir}/METADATA", metadata),
+        (f"{info_dir}/WHEEL", wheel),
+        (f"{info_dir}/top_level.txt", ("\n".join(PACKAGES) + "\n").encode()),
+    ]
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in entries)
+    record += f"{info_dir}/RECORD,,\n"
+    entries.append((f"{info_dir}/RECORD", record.encode()))
+    path = out_dir / wheel_name()
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as archive:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    tmp.replace(path)
+    return path
+
+
+def wheel_problems(path: Path) -> list[str]:
+    """Everything wrong with a student wheel (empty list = clean)."""
+    from assignments.extract import all_reference_body_lines
+
+    reference = {line for lines in all_reference_body_lines().values() for line in lines if _significant(line)}
+    problems = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            top = name.split("/", 1)[0]
+            if top not in PACKAGES and not top.endswith(".dist-info"):
+                problems.append(f"{name}: not part of the student package")
+                continue
+            if not name.endswith(".py"):
+                continue
+            text = archive.read(name).decode()
+            if BEGIN_SOLUTION in text:
+                problems.append(f"{name}: contains a solution marker")
+            if re.search(r"^(from|import)\s+solutions\b", text, flags=re.M):
+                problems.append(f"{name}: imports solutions at module level")
+            if top == "grader" and Path(name).stem not in STUDENT_GRADER_MODULES:
+                problems.append(f"{name}: grader module not meant for students")
+            leaked = sorted({line.strip() for line in text.splitlines()} & reference)
+            if leaked:
+                problems.append(f"{name}: holds reference lines, e.g. {leaked[0]!r}")
+    return problems
+
+
+def _significant(line: str) -> bool:
+    """A reference line worth searching for: code, not punctuation or a bare keyword."""
+    line = line.strip()
+    if line.startswith("#") or len(line) < 24:  # shorter lines are generic ("with torch.no_grad():")
+        return False
+    return bool(re.search(r"[A-Za-z_]\w*\s*[(=\[.]", line))

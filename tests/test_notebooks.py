@@ -1,0 +1,290 @@
+"""The assignment notebooks: built from one source of truth, student package without
+answers, submission helper, feedback filter, nbgrader configuration.
+
+The nbgrader round trip (generate, validate, autograde, feedback, leaks in the
+release) is in ``tests/test_notebooks_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat import NotebookNode
+
+from assignments import build, extract
+from assignments.course_tools import submission_problems
+from assignments.feedback import StripHiddenTests
+from assignments.spec import ASSIGNMENTS, COURSE_DIR, check_against_grader
+from assignments.student_package import STUDENT_GRADER_MODULES, build_wheel, wheel_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, NotebookNode]:
+    return {name: build.build_notebook(spec) for name, spec in ASSIGNMENTS.items()}
+
+
+# ----------------------------------------------------------------- the build
+
+
+def test_spec_agrees_with_the_grader():
+    check_against_grader()
+    assert all(spec.total_points == 100 for spec in ASSIGNMENTS.values())
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_each_student_function_is_a_solution_cell_followed_by_its_graded_check(built, name):
+    spec = ASSIGNMENTS[name]
+    cells = built[name].cells
+    graded = []
+    for i, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            check_cell = cells[i + 1]
+            check_meta = check_cell.metadata["nbgrader"]
+            assert check_meta["grade_id"] == f"check-{meta['grade_id']}"
+            assert check_meta["locked"] and not check_meta["solution"]
+            assert f'check("{meta["grade_id"]}")' in check_cell.source
+            if meta["grade_id"] in spec.points:
+                graded.append(meta["grade_id"])
+                assert check_meta["grade"] and check_meta["points"] == spec.points[meta["grade_id"]]
+                assert "### BEGIN HIDDEN TESTS" in check_cell.source
+                assert f'grade_cell("{name}", "{meta["grade_id"]}", globals())' in check_cell.source
+            else:  # code reused from the other assignment: checked, not graded
+                assert meta["grade_id"] in spec.reused and not check_meta["grade"]
+                assert "HIDDEN" not in check_cell.source
+    assert graded == spec.functions
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_solution_cells_hold_the_reference_source_verbatim(built, name):
+    """The reference is written once, in solutions/: each solution cell is its exact text."""
+    for cell in built[name].cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if not meta.get("solution"):
+            continue
+        definition = extract.find_definition(meta["grade_id"])
+        assert cell.source.endswith(build.present(definition.source))
+        assert extract.BEGIN_SOLUTION in cell.source and extract.END_SOLUTION in cell.source
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_notebook_metadata_is_valid_for_jupyterlab_and_nbgrader(built, name):
+    nb = built[name]
+    nbformat.validate(nb)
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    ids = [cell.id for cell in nb.cells]
+    assert len(ids) == len(set(ids))
+    grade_ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    assert len(grade_ids) == len(set(grade_ids))
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "google.colab" in first.source and "pip" in first.source
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_no_code_students_see_mentions_solutions(built, name):
+    for cell in built[name].cells:
+        if cell.cell_type != "code":
+            continue
+        visible = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", cell.source, flags=re.S)
+        assert not re.search(r"\bsolutions\b", visible), cell.id
+
+
+def test_locations_are_taught_x_fastest(built):
+    """The original course's notebook expected transposed locations; ours must not."""
+    text = "\n".join(c.source for c in built["one_stage"].cells if c.cell_type == "markdown")
+    assert "(4, 4), (12, 4), (20, 4)" in text
+    assert "[4, 12]" not in text and "(4, 12)" not in text
+
+
+def test_build_reports_a_missing_import(tmp_path, monkeypatch):
+    spec = ASSIGNMENTS["one_stage"]
+    text = spec.text_source.read_text().replace("from torchvision.ops import sigmoid_focal_loss\n", "")
+    fake = tmp_path / "one_stage.md"
+    fake.write_text(text)
+    (tmp_path / "_setup.py").write_text((spec.text_source.parent / "_setup.py").read_text())
+    monkeypatch.setattr(type(spec), "text_source", property(lambda self: fake))
+    with pytest.raises(build.BuildError, match="sigmoid_focal_loss"):
+        build.build_notebook(spec)
+
+
+def test_committed_source_folders_match_a_fresh_build():
+    """CI fails on drift: the committed notebooks, helper and fixtures are build outputs."""
+    problems = build.drift()
+    assert not problems, build.describe_drift(problems)
+
+
+# ----------------------------------------------------------------- student package
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_student_wheel_holds_data_utils_and_the_visible_check_runner_only(wheel):
+    assert wheel_problems(wheel) == []
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {"data_utils", "grader"} <= tops and "solutions" not in tops
+    assert sorted(Path(n).stem for n in names if n.startswith("grader/")) == sorted(STUDENT_GRADER_MODULES)
+    assert not any("checks" in n or "rubric" in n or "sandbox" in n for n in names)
+
+
+def test_student_wheel_is_reproducible(wheel, tmp_path):
+    assert build_wheel(tmp_path).read_bytes() == wheel.read_bytes()
+
+
+def test_students_can_install_and_run_the_visible_checks_without_the_reference(wheel, tmp_path):
+    """pip-install the wheel into an empty folder and use it from an interpreter that
+    cannot see this repository: data_utils imports, the visible checks run (and
+    catch the transposed-locations bug), and `solutions` does not exist."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--target", str(target), str(wheel)], check=True)
+    fixture = ASSIGNMENTS["one_stage"].source_dir / "one_stage_sanity.pt"
+    script = f"""
+import sys
+sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [p for p in sys.path if p.endswith(".zip") or "lib/python3" in p and "site-packages" not in p]
+import importlib.util
+assert importlib.util.find_spec("solutions") is None, "solutions is importable"
+assert importlib.util.find_spec("grader.checks") is None, "hidden checks are importable"
+import data_utils.voc, data_utils.engine, data_utils.voc_eval, data_utils.visualize, data_utils.synthetic
+from grader.sanity import run_sanity
+import torch
+
+def get_fpn_location_coords(shapes, strides, dtype=torch.float32, device="cpu"):
+    out = {{}}
+    for level, shape in shapes.items():
+        h, w = shape[-2:]
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        out[level] = (torch.stack([xs, ys], -1).reshape(-1, 2).to(dtype) + 0.5) * strides[level]
+    return out
+
+good = run_sanity("one_stage", "get_fpn_location_coords", get_fpn_location_coords, fixture_path={str(fixture)!r})
+def transposed(shapes, strides, dtype=torch.float32, device="cpu"):
+    return {{k: v.flip(-1) for k, v in get_fpn_location_coords(shapes, strides, dtype, device).items()}}
+bad = run_sanity("one_stage", "get_fpn_location_coords", transposed, fixture_path={str(fixture)!r})
+print("RESULT", all(r.passed for r in good), any(not r.passed for r in bad), sorted(sys.modules.keys() & {{"solutions"}}))
+"""
+    proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT True True []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_release_folders_ship_the_fixtures_the_checks_need():
+    for name, spec in ASSIGNMENTS.items():
+        for fixture in build.fixture_assignments(spec):
+            assert (spec.source_dir / build.fixture_name(fixture)).is_file()
+        assert (spec.source_dir / "course_tools.py").read_text() == (ROOT / "assignments/course_tools.py").read_text()
+
+
+# ----------------------------------------------------------------- submission helper
+
+
+def _stubbed(nb: NotebookNode) -> NotebookNode:
+    """What students receive: nbgrader's own ClearSolutions on the source notebook."""
+    from nbgrader.preprocessors import ClearSolutions
+
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb, _ = ClearSolutions().preprocess(nb, {})
+    return nb
+
+
+def test_submission_refuses_a_missing_or_unfinished_notebook_and_accepts_a_complete_one(built, tmp_path, monkeypatch):
+    from assignments import course_tools
+
+    path = tmp_path / "one_stage.ipynb"
+    errors, _ = submission_problems("one_stage", path)
+    assert errors and "does not exist" in errors[0]
+
+    nbformat.write(_stubbed(built["one_stage"]), path)
+    errors, unimplemented = submission_problems("one_stage", path)
+    assert errors == [] and unimplemented == ASSIGNMENTS["one_stage"].functions
+    with pytest.raises(RuntimeError, match="not implemented yet"):
+        course_tools.make_submission("one_stage", path)
+
+    nbformat.write(built["one_stage"], path)
+    monkeypatch.chdir(tmp_path)
+    archive = course_tools.make_submission("one_stage")
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == ["one_stage.ipynb"]
+        assert z.read("one_stage.ipynb") == path.read_bytes()
+
+
+def test_submission_detects_unsaved_edits_and_deleted_cells(built, tmp_path):
+    path = tmp_path / "two_stage.ipynb"
+    nb = built["two_stage"]
+    nbformat.write(nb, path)
+    iou_cell = next(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "iou")
+    history = [iou_cell, iou_cell + "\n# edited after saving"]
+    errors, _ = submission_problems("two_stage", path, history)
+    assert len(errors) == 1 and errors[0].startswith("iou: the saved notebook differs")
+    assert submission_problems("two_stage", path, [iou_cell]) == ([], [])
+
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "iou"]
+    nbformat.write(nb, path)
+    errors, _ = submission_problems("two_stage", path)
+    assert any(e.startswith("iou: no cell") for e in errors)
+
+
+# ----------------------------------------------------------------- feedback filter
+
+
+def test_feedback_filter_removes_hidden_tests_and_their_tracebacks():
+    source = build.check_cell_source("one_stage", "nms", graded=True)
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "check-nms", "points": 14, "score": 0.0}
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="nms:\n  [pass] visible case\n[hidden tests]\nsecret case 3\n"),
+        nbformat.v4.new_output("error", ename="AssertionError", evalue="secret: expected [1, 2]",
+                               traceback=["Traceback ...", 'grade_cell("one_stage", "nms", globals())']),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    nb, _ = StripHiddenTests().preprocess(nb, {})
+    text = json.dumps(nb)
+    for secret in ("HIDDEN TESTS", "grade_cell", "secret", "Traceback", "[hidden tests]"):
+        assert secret not in text
+    assert "visible case" in text and "0.0 / 14" in text
+
+
+# ----------------------------------------------------------------- nbgrader configuration
+
+
+def _load_config(monkeypatch, **env):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    for key in ("NBGRADER_DB_URL", "COURSE_CELL_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return PyFileConfigLoader("nbgrader_config.py", path=str(COURSE_DIR)).load_config()
+
+
+def test_nbgrader_config_defaults_to_a_sqlite_gradebook_in_the_course(monkeypatch):
+    config = _load_config(monkeypatch)
+    assert config.CourseDirectory.root == str(COURSE_DIR)
+    assert config.CourseDirectory.db_url == f"sqlite:///{COURSE_DIR / 'gradebook.db'}"
+    assert config.Execute.timeout == 180
+    names = [p.__name__ for p in config.GenerateFeedback.preprocessors]
+    assert names == ["GetGrades", "StripHiddenTests", "CSSHTMLHeaderPreprocessor"]
+
+
+def test_nbgrader_config_accepts_a_server_database_and_a_timeout(monkeypatch):
+    url = "postgresql+psycopg://grader:secret@db.example.edu/detection_course"
+    config = _load_config(monkeypatch, NBGRADER_DB_URL=url, COURSE_CELL_TIMEOUT="600")
+    assert config.CourseDirectory.db_url == url
+    assert config.Execute.timeout == 600
