@@ -136,6 +136,7 @@ def cmd_samples(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_utils.engine import NonFiniteLossError
     from data_utils.errors import DatasetError, DownloadError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             from data_utils.download import main as download_main
             return download_main(rest)
         return commands[command](rest)
-    except (DatasetError, DownloadError, FileNotFoundError) as error:
+    except (DatasetError, DownloadError, FileNotFoundError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

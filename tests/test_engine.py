@@ -84,6 +84,20 @@ def test_training_records_history_and_lowers_the_loss(voc):
     assert not model.training, "the engine hands back the model in eval mode"
 
 
+def test_adamw_trains_and_an_unknown_optimizer_is_refused(voc, tmp_path):
+    loader = build_loader(VOCDetection(voc, "train", train=True), batch_size=2, num_workers=0, seed=0)
+    torch.manual_seed(0)
+    model = TinyDetector()
+    state = train_detector(model, loader, TrainConfig(max_iters=30, optimizer="adamw", lr=0.05, weight_decay=0.0),
+                           device="cpu", progress=False, checkpoint_path=tmp_path / "adamw.pt")
+    assert state.history["loss_box"][-1] < 0.2 * state.history["loss_box"][0]
+    moments = load_checkpoint(tmp_path / "adamw.pt")["optimizer"]["state"][0]
+    assert "exp_avg_sq" in moments, "AdamW keeps second moments (SGD would only keep momentum)"
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        train_detector(TinyDetector(), loader, TrainConfig(max_iters=1, optimizer="adam"), device="cpu",
+                       progress=False)
+
+
 def test_resume_continues_exactly(voc, tmp_path):
     def run(iters, ckpt, resume):
         torch.manual_seed(0)
