@@ -35,10 +35,9 @@ from __future__ import annotations
 import argparse
 import os
 import copy
-import statistics
-import time
 
 import torch
+from timing import interleaved_seconds
 
 from solutions.fcos import FCOS
 
@@ -57,29 +56,6 @@ def random_gt(batch: int, size: int, generator: torch.Generator) -> torch.Tensor
         gt[b, :n, 4] = torch.randint(0, 20, (n,), generator=generator).float()
     return gt
 
-#: The clock used for timings (see --clock).
-CLOCK = time.perf_counter
-
-
-def interleaved_seconds(fns, warmup: int, repeats: int, device: str) -> list[tuple[float, float]]:
-    """(median, min) seconds of each function, run alternately so that load
-    from other processes hits all of them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = CLOCK()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            bucket.append(CLOCK() - start)
-    return [(statistics.median(t), min(t)) for t in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -97,8 +73,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     device = args.device
 
     torch.manual_seed(0)
@@ -144,7 +118,7 @@ def main() -> None:
             del model._predict
 
     (t_full, m_full), (t_net, m_net), (t_loss, m_loss) = interleaved_seconds(
-        [full_step, network_step, targets_and_losses], args.warmup, args.repeats, device)
+        [full_step, network_step, targets_and_losses], args.repeats, device, warmup=args.warmup, clock=args.clock)
     model.normalizer.copy_(normalizer)
     ratio = t_full / t_net
     print(f"training step: full FCOS {t_full * 1e3:.1f} ms, backbone+FPN+head fwd+bwd {t_net * 1e3:.1f} ms, "
@@ -186,7 +160,7 @@ def main() -> None:
         no_grad(lambda: stressed.inference(images, **stress_args)),
         no_grad(postprocess_only(model, cached)),
         no_grad(postprocess_only(stressed, cached_stressed, **stress_args)),
-    ], args.warmup, args.repeats, device)
+    ], args.repeats, device, warmup=args.warmup, clock=args.clock)
     (t_backbone, m_backbone), (t_network, m_network) = timings[:2]
     with torch.no_grad(), autocast:
         kept = sum(len(d.scores) for d in stressed.inference(images, **stress_args))

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
+from timing import interleaved_seconds
 import torchvision
 
 from solutions.non_max_suppression import nms
@@ -33,28 +32,6 @@ def course_boxes(n: int, generator: torch.Generator, device: str) -> tuple[torch
     wh = torch.randint(1, 30, (n, 2), generator=generator).float()
     scores = torch.rand(n, generator=generator)
     return torch.cat([xy, xy + wh], dim=1).to(device), scores.to(device)
-
-#: The clock used for timings (see --clock).
-CLOCK = time.perf_counter
-
-
-def interleaved_seconds(fns, repeats: int, device: str) -> list[tuple[float, float]]:
-    """(median, min) seconds of each function, run alternately so that load
-    from other processes hits all of them alike."""
-    for fn in fns:  # warm-up
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = CLOCK()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            bucket.append(CLOCK() - start)
-    return [(statistics.median(t), min(t)) for t in times]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,8 +46,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     print(f"clock {args.clock}, torch {torch.__version__}, torchvision {torchvision.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}")
@@ -86,7 +61,7 @@ def main() -> None:
             assert torch.equal(ours.cpu(), theirs.cpu()), f"kept sets differ ({n} boxes, IoU {threshold})"
             (t_ours, m_ours), (t_tv, m_tv) = interleaved_seconds(
                 [lambda: nms(boxes, scores, threshold), lambda: torchvision.ops.nms(boxes, scores, threshold)],
-                args.repeats, args.device)
+                args.repeats, args.device, clock=args.clock)
             worst, worst_min = max(worst, t_ours / t_tv), max(worst_min, m_ours / m_tv)
             print(f"{n:>6} {threshold:>4} {len(ours):>5} {t_ours * 1e3:>13.2f} {t_tv * 1e3:>15.2f} "
                   f"{t_ours / t_tv:>6.2f} {m_ours / m_tv:>17.2f}")

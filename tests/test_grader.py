@@ -11,7 +11,6 @@ import copy
 import csv
 import io
 import json
-import math
 import os
 import pickle
 import subprocess
