@@ -33,11 +33,10 @@ with ``--threads 1`` it is nearly immune to other processes on the machine.
 from __future__ import annotations
 
 import argparse
-import os
 import copy
 
 import torch
-from timing import interleaved_seconds
+from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
 from solutions.fcos import FCOS
 
@@ -66,13 +65,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall: time.perf_counter; cpu: time.process_time, the CPU time of this process, which "
-                             "other processes' load barely changes (use with --threads 1: spinning threads count)")
+    add_timing_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = args.device
 
     torch.manual_seed(0)
@@ -175,8 +170,7 @@ def main() -> None:
               f"{'met' if vs_backbone >= INFERENCE_TARGET else 'NOT met'}")
         print(f"  x{t_network / t:.3f} of backbone+FPN+head (of minima x{m_network / m:.3f}; from the parts "
               f"x{t_network / (t_network + t_post):.3f})")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"1-minute load average {load:.2f} on {os.cpu_count()} CPUs (wall-clock timings are only meaningful when it is low)")
+    print_load_average()
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ machine, or use ``--threads 1 --clock cpu``.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
-from timing import interleaved_seconds
+from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 import torchvision
 
 from solutions.non_max_suppression import nms
@@ -39,13 +38,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                        help="wall: time.perf_counter; cpu: time.process_time, the CPU time of this process, which "
-                             "other processes' load barely changes (use with --threads 1: spinning threads count)")
+    add_timing_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     print(f"clock {args.clock}, torch {torch.__version__}, torchvision {torchvision.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}")
@@ -68,8 +63,7 @@ def main() -> None:
     verdict = "met" if worst <= TARGET_RATIO else "NOT met"
     print(f"worst ratio of medians {worst:.2f}, of minima {worst_min:.2f} "
           f"(target <= {TARGET_RATIO:.1f}x torchvision): {verdict}")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"1-minute load average {load:.2f} on {os.cpu_count()} CPUs (wall-clock timings are only meaningful when it is low)")
+    print_load_average()
 
 
 if __name__ == "__main__":
