@@ -35,12 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         for path in build(args.assignments or None):
             print(f"wrote {path}")
         # The grader's own copy of the fixtures (grader/fixtures/), so that one
-        # command regenerates every generated file.
-        from assignments.build import ASSIGNMENTS
-        from grader.sanity import export_sanity_fixtures
+        # command regenerates every generated file: copied from the source
+        # folder just built rather than computed from the reference again.
+        import shutil
+
+        from assignments.build import ASSIGNMENTS, fixture_name
+        from grader.sanity import FIXTURE_DIR
 
         for name in args.assignments or list(ASSIGNMENTS):
-            print(f"wrote {export_sanity_fixtures(name)}")
+            target = FIXTURE_DIR / fixture_name(name)
+            shutil.copyfile(ASSIGNMENTS[name].source_dir / fixture_name(name), target)
+            print(f"wrote {target}")
         return 0
     if command == "check":
         from assignments.build import describe_drift, drift
