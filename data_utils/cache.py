@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from data_utils.errors import DatasetError
 from data_utils.types import GroundTruth
-from data_utils.voc import VOCDetection, hflip, normalize_uint8
+from data_utils.voc import VOCDetection, hflip, hflip_boxes, normalize_uint8
 
 CACHE_VERSION = 1
 Batch = tuple[list[str], torch.Tensor, torch.Tensor]
@@ -133,8 +133,13 @@ class CachedVOC(Dataset):
         return self.dataset.to_original(boxes, index)
 
     def batches(self, batch_size: int, *, shuffle: bool | None = None, drop_last: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Yield ``(image_ids, images (B,3,S,S) float, gt_boxes (B,M,5))`` on the cache's device."""
+                generator: torch.Generator | None = None, uint8: bool = False) -> Iterator[Batch]:
+        """Yield ``(image_ids, images (B,3,S,S), gt_boxes (B,M,5))`` on the cache's device.
+
+        Images are normalised float32, or with ``uint8=True`` the flipped but
+        unnormalised bytes, for :func:`data_utils.voc.to_network_input` to
+        normalise on the device the model runs on.
+        """
         shuffle = self.train if shuffle is None else shuffle
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -142,19 +147,28 @@ class CachedVOC(Dataset):
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
             idx_dev = idx.to(self.device)
-            images, targets = self.images[idx_dev], self.targets[idx_dev]  # fresh copies: safe to edit
+            # index_select, not fancy indexing: the same gather (a fresh copy),
+            # ~10x faster on the CPU.
+            images, targets = self.images.index_select(0, idx_dev), self.targets.index_select(0, idx_dev)
             if self.train:
-                flip = (torch.rand(len(idx), generator=generator) < 0.5).nonzero().squeeze(1).to(self.device)
-                images[flip], targets[flip] = hflip(images[flip], targets[flip], self.image_size)
-            yield [self.image_ids[i] for i in idx.tolist()], normalize_uint8(images), targets
+                flip = torch.rand(len(idx), generator=generator) < 0.5  # decided on the CPU: no device sync
+                # One in-place copy per flipped image: on the CPU ~6x faster
+                # than gathering the flipped images and scattering them back
+                # (index_copy_) and ~8x faster than torch.where over the batch.
+                for j in flip.nonzero().squeeze(1).tolist():
+                    images[j].copy_(images[j].flip(-1))
+                flip = flip.to(self.device)
+                targets = torch.where(flip[:, None, None], hflip_boxes(targets, self.image_size), targets)
+            yield [self.image_ids[i] for i in idx.tolist()], images if uint8 else normalize_uint8(images), targets
 
 
 class CachedLoader:
     """DataLoader-like iterable over :meth:`CachedVOC.batches` (re-shuffles each epoch)."""
 
     def __init__(self, dataset: CachedVOC, batch_size: int, *, shuffle: bool | None = None, drop_last: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, uint8: bool = False):
         self.dataset = dataset
+        self.uint8 = uint8
         self.batch_size = batch_size
         self.shuffle = dataset.train if shuffle is None else shuffle
         self.drop_last = drop_last
@@ -167,4 +181,4 @@ class CachedLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return self.dataset.batches(self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
-                                    generator=self.generator)
+                                    generator=self.generator, uint8=self.uint8)

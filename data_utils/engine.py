@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_utils.voc import to_network_input
+
 Batch = tuple[list[str], torch.Tensor, torch.Tensor]
 
 
@@ -214,7 +216,7 @@ def train_detector(
     try:
         while state.iteration < config.max_iters:
             _, images, gt_boxes = next(batches)
-            images = images.to(device, non_blocking=True)
+            images = to_network_input(images, device)
             gt_boxes = gt_boxes.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 losses = model(images, gt_boxes)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from data_utils.engine import _autocast_dtype, autocast
 from data_utils.loaders import build_loader
 from data_utils.conventions import Detections
+from data_utils.voc import to_network_input
 
 
 @torch.inference_mode()
@@ -43,7 +44,7 @@ def predict_dataset(
     amp_dtype = _autocast_dtype(device) if amp else None
     for image_ids, images, _ in tqdm(loader, desc="inference", disable=not progress, unit="batch"):
         with autocast(device, amp_dtype):
-            outputs = model.inference(images.to(device, non_blocking=True), score_thresh=score_thresh,
+            outputs = model.inference(to_network_input(images, device), score_thresh=score_thresh,
                                       nms_thresh=nms_thresh)
         for image_id, det in zip(image_ids, outputs):
             index = index_of[image_id]

@@ -33,6 +33,7 @@ def build_loader(
     cache: bool = False,
     device: str | torch.device = "cpu",
     seed: int | None = None,
+    uint8: bool = False,
 ) -> Iterable[Batch]:
     """A loader yielding ``(image_ids, images, gt_boxes)`` batches.
 
@@ -41,14 +42,19 @@ def build_loader(
     order, completely.  ``cache=True`` (or passing a :class:`CachedVOC`)
     serves batches from a uint8 tensor cache, on ``device`` when given;
     otherwise JPEGs are decoded by ``num_workers`` worker processes.
-    ``seed`` makes the shuffling order reproducible.
+    ``seed`` makes the shuffling order reproducible.  ``uint8=True`` (cache
+    only) yields unnormalised uint8 images for
+    :func:`data_utils.voc.to_network_input` to normalise on the model's
+    device, as :func:`data_utils.engine.train_detector` does.
     """
     shuffle = dataset.train if shuffle is None else shuffle
     drop_last = dataset.train if drop_last is None else drop_last
     if cache and isinstance(dataset, VOCDetection):
         dataset = CachedVOC(dataset, device=device)
     if isinstance(dataset, CachedVOC):
-        return CachedLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        return CachedLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, uint8=uint8)
+    if uint8:
+        raise ValueError("uint8=True needs the tensor cache: pass cache=True (or a CachedVOC)")
     workers = default_num_workers() if num_workers is None else num_workers
     generator = None
     if seed is not None:

