@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from data_utils.engine import TrainConfig, final_loss, train_detector  # noqa: E402
+from data_utils.head_init import HEAD_INITS, reinit_head_stems  # noqa: E402
 from data_utils.eval_plots import plot_class_ap, plot_precision_recall  # noqa: E402
 from data_utils.inference import export_voc_results, predict_dataset, save_detections  # noqa: E402
 from data_utils.loaders import build_loader  # noqa: E402
@@ -46,6 +47,10 @@ class Preset:
     eval_score_thresh: float = 0.05
     eval_nms_thresh: float = 0.5
     show_thresh: float = 0.4
+    #: How the prediction heads' stem convs start: "course" keeps the
+    #: assignment's N(0, 0.01) (right for an ImageNet backbone); "pytorch"
+    #: re-initialises them with PyTorch's default (see :func:`reinit_head_stems`).
+    head_init: str = "course"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,24 +66,35 @@ PRESETS: dict[str, Preset] = {
     # CPU-sized runs on the embedded dataset (random init: no weights download
     # offline).  From scratch, the course's SGD at 1e-2 diverged (NaN at
     # iteration 70); AdamW with clipping trains stably (see TrainConfig.optimizer).
-    "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None),
-    "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None),
+    # From scratch, the course's N(0, 0.01) stems pass almost no signal (see
+    # data_utils.head_init): with PyTorch's default initialisation of the
+    # stems FCOS went from 8.3% to 34.8% val mAP and Faster R-CNN from 36.7%
+    # to 40.8% (600 iterations, same seed and schedule).
+    "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None, head_init="pytorch"),
+    "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None,
+                                   head_init="pytorch"),
 }
 
 
 def build_detector(preset: Preset, num_classes: int = len(VOC_CLASSES)) -> nn.Module:
     """Instantiate the reference detector a preset describes."""
+    if preset.head_init not in HEAD_INITS:
+        raise ValueError(f"unknown head_init {preset.head_init!r}; choose one of {HEAD_INITS}")
     if preset.detector == "fcos":
         from solutions.fcos import FCOS
 
-        return FCOS(num_classes=num_classes, fpn_channels=preset.fpn_channels,
-                    stem_channels=list(preset.stem_channels), weights=preset.weights)
-    if preset.detector == "faster_rcnn":
+        model: nn.Module = FCOS(num_classes=num_classes, fpn_channels=preset.fpn_channels,
+                                stem_channels=list(preset.stem_channels), weights=preset.weights)
+    elif preset.detector == "faster_rcnn":
         from solutions.faster_rcnn import build_faster_rcnn
 
-        return build_faster_rcnn(num_classes=num_classes, fpn_channels=preset.fpn_channels,
-                                 stem_channels=list(preset.stem_channels), weights=preset.weights, **preset.extra)
-    raise ValueError(f"unknown detector {preset.detector!r}; choose one of {DETECTORS}")
+        model = build_faster_rcnn(num_classes=num_classes, fpn_channels=preset.fpn_channels,
+                                  stem_channels=list(preset.stem_channels), weights=preset.weights, **preset.extra)
+    else:
+        raise ValueError(f"unknown detector {preset.detector!r}; choose one of {DETECTORS}")
+    if preset.head_init == "pytorch":
+        reinit_head_stems(model)
+    return model
 
 
 def run_experiment(
@@ -103,7 +119,7 @@ def run_experiment(
     train_set = VOCDetection(voc_dir, train_split, train=True)
     eval_set = VOCDetection(voc_dir, eval_split)
     loader = build_loader(train_set, preset.batch_size, cache=cache, device=device if cache else "cpu",
-                          seed=preset.train.seed)
+                          seed=preset.train.seed, uint8=cache)
     model = build_detector(preset)
     started = time.perf_counter()
     state = train_detector(model, loader, preset.train, device=device, checkpoint_path=out_dir / "checkpoint.pt",

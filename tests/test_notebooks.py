@@ -108,6 +108,36 @@ def test_locations_are_taught_x_fastest(built):
     assert "[4, 12]" not in text and "(4, 12)" not in text
 
 
+_PRESET_OF = {"one_stage": "fcos-embedded", "two_stage": "faster_rcnn-embedded"}
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_cpu_profile_trains_the_main_jobs_recipe(built, name, monkeypatch):
+    """The notebooks' ``cpu`` profile and ``./run main`` train the same recipe on
+    the embedded dataset; the README and the notebook quote the same figures."""
+    from data_utils.experiment import PRESETS
+
+    (cell,) = [c for c in built[name].cells if c.get("id") == "settings"]
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    monkeypatch.delenv("COURSE_SMALL", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    import os
+
+    import torch
+
+    namespace = {"os": os, "torch": torch}
+    exec(compile(cell.source, f"{name}:settings", "exec"), namespace)
+    settings, preset = namespace["SETTINGS"], PRESETS[_PRESET_OF[name]]
+    assert namespace["PROFILE"] == "cpu"
+    train = preset.train
+    assert (settings["train_iters"], settings["lr"], settings["warmup_iters"], settings["optimizer"],
+            settings["weight_decay"], settings["grad_clip"]) == \
+        (train.max_iters, train.lr, train.warmup_iters, train.optimizer, train.weight_decay, train.grad_clip)
+    assert (settings["fpn_channels"], tuple(settings["stem_channels"]), settings["batch_size"], settings["weights"],
+            settings["head_init"]) == \
+        (preset.fpn_channels, tuple(preset.stem_channels), preset.batch_size, preset.weights, preset.head_init)
+
+
 def test_build_reports_a_missing_import(tmp_path, monkeypatch):
     spec = ASSIGNMENTS["one_stage"]
     text = spec.text_source.read_text().replace("from torchvision.ops import sigmoid_focal_loss\n", "")

@@ -1,0 +1,45 @@
+"""Presets of the main job and the full-VOC command: what they build."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from torch import nn
+
+from data_utils.experiment import PRESETS, build_detector, preset_with
+from data_utils.head_init import reinit_head_stems
+
+
+def _stem_convs(model: nn.Module) -> list[nn.Conv2d]:
+    heads = [model.pred_net.stem_cls, model.pred_net.stem_box] if hasattr(model, "pred_net") else \
+        [model.rpn.pred_net.stem_rpn, model.cls_pred]
+    return [m for head in heads for m in head.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("detector", ["fcos", "faster_rcnn"])
+def test_pytorch_head_init_resets_only_the_stems(detector):
+    course = build_detector(replace(PRESETS[f"{detector}-embedded"], head_init="course"))
+    stems = _stem_convs(course)
+    assert stems and all(abs(float(c.weight.detach().std()) - 0.01) < 0.002 for c in stems), "course init is N(0, 0.01)"
+    before = {name: p.detach().clone() for name, p in course.named_parameters()}
+    assert reinit_head_stems(course) == len(stems)
+    stem_params = {id(p) for c in stems for p in c.parameters()}
+    for name, p in course.named_parameters():
+        changed = not bool((p == before[name]).all())
+        assert changed == (id(p) in stem_params), f"{name}: only stem convs may be re-initialised"
+    # PyTorch's default: Kaiming-uniform with a = sqrt(5), i.e. std 1 / sqrt(3 * fan_in).
+    for conv in stems:
+        fan_in = conv.weight[0].numel()
+        assert abs(float(conv.weight.detach().std()) * (3 * fan_in) ** 0.5 - 1) < 0.1
+
+
+def test_embedded_fcos_preset_uses_pytorch_stems_and_voc_presets_keep_the_course():
+    assert PRESETS["fcos-embedded"].head_init == "pytorch"
+    assert PRESETS["fcos-voc"].head_init == "course" and PRESETS["faster_rcnn-voc"].head_init == "course"
+    model = build_detector(PRESETS["fcos-embedded"])
+    assert all(float(c.weight.detach().std()) > 0.018 for c in _stem_convs(model)), "std 1 / sqrt(3 * 576) = 0.024"
+    assert float(model.pred_net.pred_cls.bias.detach().mean()) == pytest.approx(-4.59512, abs=1e-4), "prior kept"
+    with pytest.raises(ValueError, match="unknown head_init"):
+        build_detector(replace(PRESETS["fcos-embedded"], head_init="xavier"))
+    assert preset_with("fcos-embedded", max_iters=7).train.max_iters == 7
