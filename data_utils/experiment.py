@@ -54,7 +54,7 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Training settings of the CPU runs on the embedded dataset (about 8 minutes per detector on 2 cores).
+#: Training settings of the CPU runs on the embedded dataset (12-16 minutes per detector on 2 cores).
 _EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=50,
                               grad_clip=10.0)
 
@@ -68,8 +68,8 @@ PRESETS: dict[str, Preset] = {
     # iteration 70); AdamW with clipping trains stably (see TrainConfig.optimizer).
     # From scratch, the course's N(0, 0.01) stems pass almost no signal (see
     # data_utils.head_init): with PyTorch's default initialisation of the
-    # stems FCOS went from 8.3% to 34.8% val mAP and Faster R-CNN from 36.7%
-    # to 40.8% (600 iterations, same seed and schedule).
+    # stems FCOS went from 8.3% to 37.6% val mAP and Faster R-CNN from 36.7%
+    # to 41.2% (600 iterations, same seed and schedule; ./run main).
     "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None, head_init="pytorch"),
     "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None,
                                    head_init="pytorch"),
