@@ -66,7 +66,7 @@ PRESETS: dict[str, Preset] = {
     # CPU-sized runs on the embedded dataset (random init: no weights download
     # offline).  From scratch, the course's SGD at 1e-2 diverged (NaN at
     # iteration 70); AdamW with clipping trains stably (see TrainConfig.optimizer).
-    # From scratch, the course's N(0, 0.01) stems pass almost no signal (see
+    # And the course's N(0, 0.01) stems pass almost no signal (see
     # data_utils.head_init): with PyTorch's default initialisation of the
     # stems FCOS went from 8.3% to 37.6% val mAP and Faster R-CNN from 36.7%
     # to 41.2% (600 iterations, same seed and schedule; ./run main).

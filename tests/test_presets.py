@@ -34,8 +34,8 @@ def test_pytorch_head_init_resets_only_the_stems(detector):
         assert abs(float(conv.weight.detach().std()) * (3 * fan_in) ** 0.5 - 1) < 0.1
 
 
-def test_embedded_fcos_preset_uses_pytorch_stems_and_voc_presets_keep_the_course():
-    assert PRESETS["fcos-embedded"].head_init == "pytorch"
+def test_embedded_presets_use_pytorch_stems_and_voc_presets_keep_the_course():
+    assert PRESETS["fcos-embedded"].head_init == "pytorch" and PRESETS["faster_rcnn-embedded"].head_init == "pytorch"
     assert PRESETS["fcos-voc"].head_init == "course" and PRESETS["faster_rcnn-voc"].head_init == "course"
     model = build_detector(PRESETS["fcos-embedded"])
     assert all(float(c.weight.detach().std()) > 0.018 for c in _stem_convs(model)), "std 1 / sqrt(3 * 576) = 0.024"
