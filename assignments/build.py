@@ -111,6 +111,18 @@ def check_cell_source(assignment: str, name: str, graded: bool) -> str:
     return "\n".join(lines)
 
 
+def overfit_cell_source(assignment: str, model: str) -> str:
+    """The overfit test's grade cell: the model's visible check, then the hidden overfit test."""
+    return "\n".join([
+        f"# Graded at grading time: the overfit test of your `{model}` (the grader trains it in its sandbox).",
+        f'check("{model}")',
+        "### BEGIN HIDDEN TESTS",
+        "from grader.notebook import grade_cell",
+        f'grade_cell("{assignment}", "overfit", globals())',
+        "### END HIDDEN TESTS",
+    ])
+
+
 def present(source: str) -> str:
     """Reference text as students see it: docstring cross-references to
     ``solutions`` modules (which students do not have) point at the notebook's
@@ -201,6 +213,17 @@ def build_notebook(spec: AssignmentSpec) -> nbformat.NotebookNode:
         cell_id = unique(directives.get("id") or f"cell-{index}")
         meta = _nbgrader(cell_id, locked=True) if "locked" in directives else None
         cells.append(_code(body, cell_id, meta))
+
+    # The overfit test is graded like a function (its points come from the
+    # grader's rubric), so the notebook's maximum is the same as the CLI's.
+    model = spec.overfit["model"]
+    cells.append(_markdown(f"## Graded: the overfit test\n\nWhen your notebook is graded, the grader trains your "
+                           f"`{model}` (built from your functions) on a few images, in its sandbox and with its own "
+                           "settings, and checks that it learns them. Functions of yours that failed their own checks "
+                           "are replaced by the reference's for this test, so a bug costs points in one place only. "
+                           f"This cell only re-runs the sanity check of `{model}`.", unique("md-graded-overfit")))
+    cells.append(_code(overfit_cell_source(spec.name, model), unique("check-overfit"),
+                       _nbgrader("check-overfit", grade=True, locked=True, points=spec.overfit["points"])))
 
     if seen_student != spec.functions:
         raise BuildError(f"{spec.text_source}: graded functions {seen_student} differ from "

@@ -50,7 +50,22 @@ class AssignmentSpec:
 
     @property
     def total_points(self) -> int:
+        """Points of the graded functions (the notebook's function cells)."""
         return sum(self.points.values())
+
+    @property
+    def overfit(self) -> dict:
+        """The overfit test's rubric entry (``grader/rubric.toml``: its points and model)."""
+        return overfit_rubric(self.name)
+
+    @property
+    def max_score(self) -> float:
+        """The notebook's maximum on every grading path: its functions plus the overfit test.
+
+        The mAP gate is not part of it: it runs only where VOC (or trained
+        weights) and a GPU are at hand and is reported on its own line.
+        """
+        return self.total_points + self.overfit["points"]
 
 
 ASSIGNMENTS: dict[str, AssignmentSpec] = {
@@ -90,6 +105,14 @@ ASSIGNMENTS: dict[str, AssignmentSpec] = {
         reused=("DetectorBackboneWithFPN", "get_fpn_location_coords", "nms", "class_spec_nms"),
     ),
 }
+
+
+def overfit_rubric(assignment: str) -> dict:
+    """``[<assignment>.overfit]`` of the grader's rubric, read without importing the grader (or torch)."""
+    import tomllib
+
+    rubric = tomllib.loads((HERE.parent / "grader" / "rubric.toml").read_text())
+    return rubric[assignment]["overfit"]
 
 
 def check_against_grader() -> None:

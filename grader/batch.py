@@ -26,6 +26,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from grader.grade import EXIT_CANNOT_GRADE, GraderInfrastructureError
 from grader.report import csv_row, csv_text
 from grader.results import GradeReport, atomic_write_text
 
@@ -80,6 +81,9 @@ def grade_one(student: str, path: Path, assignment: str, result_path: Path, extr
                    "--quiet", *extra_args]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                if proc.returncode == EXIT_CANNOT_GRADE:
+                    # The grader cannot grade on this machine: no report, so a rerun grades this one again.
+                    raise GraderInfrastructureError(proc.stderr.strip()[-1000:] or "the grader cannot grade here")
                 report = _existing(out_json)
                 if report is None:
                     error = f"the grader failed on this submission (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
@@ -125,6 +129,12 @@ def run_batch(folder: str | os.PathLike, assignment: str, *, jobs: int = 1, out:
             student = futures[future]
             try:
                 report = future.result()
+            except GraderInfrastructureError:
+                # Stop the class, not just this row: every other submission would fail the same way.
+                for other in futures:
+                    other.cancel()
+                write_csv()
+                raise
             except Exception as error:  # noqa: BLE001 - one bad submission never stops the batch
                 report = GradeReport(assignment, student, errors=[f"internal error: {error}"])
             rows[student] = csv_row(student, report)

@@ -10,7 +10,10 @@
     python -m grader sandbox-info
 
 SUBMISSION is a notebook (.ipynb), a module (.py) or a folder holding one.
-The exit status is 0 when grading ran (whatever the score), 2 for usage errors.
+The exit status is 0 when grading ran (whatever the score), 2 for usage
+errors, 3 when the grader itself cannot grade on this machine (its sandbox
+does not work): then nothing is written and no score is recorded, and
+``batch`` stops instead of recording zeros for the rest of the class.
 """
 
 from __future__ import annotations
@@ -119,8 +122,15 @@ def cmd_batch(args) -> int:
         extra += ["--sandbox", args.sandbox]
     if args.functions:
         extra += ["--functions", args.functions]
-    rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
-                     extra_args=extra, timeout=args.timeout)
+    from grader.grade import EXIT_CANNOT_GRADE, GraderInfrastructureError
+
+    try:
+        rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
+                         extra_args=extra, timeout=args.timeout)
+    except GraderInfrastructureError as error:
+        print(f"grader error: {error}\nThe batch stopped; submissions graded so far are in {args.out}; "
+              "rerun the same command once the problem is fixed (graded ones are skipped).", file=sys.stderr)
+        return EXIT_CANNOT_GRADE
     print(f"wrote {args.out} ({len(rows)} rows)")
     return 0
 
@@ -128,7 +138,14 @@ def cmd_batch(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":
-        return cmd_grade(args)
+        from grader.grade import EXIT_CANNOT_GRADE, GraderInfrastructureError
+
+        try:
+            return cmd_grade(args)
+        except GraderInfrastructureError as error:
+            # Loud on purpose: no report, no results.json, exit 1 -- never a zero for the student.
+            print(f"grader error: {error}\nNo grade was recorded for {args.submission}.", file=sys.stderr)
+            return EXIT_CANNOT_GRADE
     if args.command == "batch":
         return cmd_batch(args)
     if args.command == "gradescope-bundle":

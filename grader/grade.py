@@ -37,6 +37,36 @@ from grader.sandbox import Outcome, Sandbox
 
 Progress = Callable[[CheckResult], None]
 
+#: Runs in a fresh sandbox child before any student code: if this fails, the
+#: sandbox itself is broken (torch missing inside it, bubblewrap failing, ...).
+CANARY_SOURCE = "import torch\n_canary = float((torch.arange(4.0) * 2).sum())\nassert _canary == 12.0, _canary\n"
+
+
+#: Exit status of ``python -m grader grade``/``batch`` when the grader cannot grade on this machine.
+EXIT_CANNOT_GRADE = 3
+
+
+class GraderInfrastructureError(RuntimeError):
+    """The grader cannot grade at all here (the sandbox does not work): no score may be recorded."""
+
+
+def check_sandbox_works(sandbox: Sandbox) -> None:
+    """Run the grader's own probe in the sandbox; raise :class:`GraderInfrastructureError` if it fails.
+
+    Without this, a broken sandbox makes every check of every student fail
+    "with an error" and a whole class would be recorded with zeros.
+    """
+    from grader.sandbox import SandboxError
+
+    try:
+        outcome = sandbox.run(CANARY_SOURCE, {"op": "load"}, limits={"wall_seconds": 120.0})
+    except SandboxError as error:
+        raise GraderInfrastructureError(f"the grader's sandbox ({sandbox.mode}) does not start: {error}") from error
+    if not outcome.ok:
+        raise GraderInfrastructureError(
+            f"the grader's sandbox ({sandbox.mode}) cannot run the grader's own probe (import torch, add numbers): "
+            f"{outcome.describe()}. Fix the installation (e.g. `python -m grader sandbox-info`) before grading.")
+
 
 def defined_names(source: str) -> set[str]:
     try:
@@ -50,6 +80,43 @@ def defined_names(source: str) -> set[str]:
         elif isinstance(node, ast.Assign):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return names
+
+
+def _is_stub_body(body: list[ast.stmt]) -> bool:
+    """A body that always ends in the release's ``raise NotImplementedError`` (no ``return`` before it)."""
+    for node in body:
+        if isinstance(node, ast.Return):
+            return False
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id == "NotImplementedError":
+                return True
+    return False
+
+
+def stub_names(source: str, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` are still the release's stubs in ``source`` (the last definition counts).
+
+    A function is a stub when its body reaches nbgrader's ``raise
+    NotImplementedError()`` unconditionally; a class when one of its methods is.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return []
+    last: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in names:
+            last[node.name] = node
+    stubs = []
+    for name, node in last.items():
+        if isinstance(node, ast.ClassDef):
+            methods = [m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if any(_is_stub_body(m.body) for m in methods):
+                stubs.append(name)
+        elif _is_stub_body(node.body):
+            stubs.append(name)
+    return sorted(stubs, key=list(names).index)
 
 
 def _oracle_and_given(assignment: str, function: str | None, isolate: bool, defined: set[str]) -> tuple[list[str], list[str]]:
@@ -131,6 +198,13 @@ def grade_source(
     defined = set(defined) if defined is not None else defined_names(source)
     broken = dict(broken or {})
     report = GradeReport(assignment, submission, notes=list(notes))
+    # Code reused from the other assignment is not graded here: a reused
+    # function still left as the release's stub is replaced by the reference's,
+    # so that it costs points only where it is graded (its own assignment).
+    for name in stub_names(source, [n for n in DEPENDENCIES[assignment] if n in defined]):
+        defined.discard(name)
+        report.notes.append(f"`{name}` is still the release's stub; it is graded in the other assignment, "
+                            "so the reference's is used here")
     if unreadable is not None:
         # Nothing to run: every check fails with the reason, without starting a sandbox.
         report.errors.append(unreadable)
@@ -151,11 +225,17 @@ def grade_source(
     own_sandbox = sandbox is None
     threads = threads or int(os.environ.get("GRADER_THREADS", "0")) or min(2, os.cpu_count() or 1)
     if own_sandbox:
-        sandbox = Sandbox(sandbox_mode, threads=1, limits=limits_for(rubric))
-        sandbox.start()  # boots while the references are prepared
+        from grader.sandbox import SandboxError
+
+        try:
+            sandbox = Sandbox(sandbox_mode, threads=1, limits=limits_for(rubric))
+            sandbox.start()  # boots while the references are prepared
+        except SandboxError as error:
+            raise GraderInfrastructureError(f"the grader's sandbox cannot be set up: {error}") from error
     report.sandbox = f"{sandbox.mode}: {sandbox.mode_note}"
     wanted = list(functions) if functions is not None else list(STUDENT_FUNCTIONS[assignment])
     try:
+        check_sandbox_works(sandbox)
         load_failure = None
         if not only_overfit or include_overfit:
             probe = sandbox.run(source, {"op": "load"}, limits={"wall_seconds": float(limits_for(rubric).get("load_seconds", 60))})

@@ -13,8 +13,9 @@ and ``source/``: this project's ``grader``, ``solutions``, ``data_utils``,
   notebook, or a folder with it; a ``*.pt`` file there is used as trained
   weights for the mAP gate, which is otherwise skipped) and writes
   ``/autograder/results/results.json`` in Gradescope's format (see
-  :func:`grader.report.gradescope_results`).  If the grader itself fails, it
-  still writes a results.json with score 0 and the reason.
+  :func:`grader.report.gradescope_results`).  If the grader itself fails
+  (its sandbox does not work, it crashed), it writes no results.json and
+  exits non-zero: Gradescope shows the run as failed rather than a zero.
 
 Isolation on Gradescope: bubblewrap needs user namespaces, which Gradescope's
 containers may not allow; the grader then falls back and, running as root,
@@ -76,13 +77,15 @@ if [ -n "${VOC_ROOT:-}" ]; then ARGS+=(--voc-root "$VOC_ROOT"); fi
 cd "$ROOT/source"
 # GRADER_EXTRA_ARGS: more options for the grader (e.g. "--no-overfit"), set by staff or tests.
 read -r -a EXTRA <<< "${GRADER_EXTRA_ARGS:-}"
-if ! "$PY" -m grader grade "$ROOT/submission" --assignment "$ASSIGNMENT" --gradescope "$ROOT/results/results.json" \
-        --feedback "$ROOT/results/feedback.md" "${ARGS[@]}" "${EXTRA[@]}"; then
-    "$PY" - "$ROOT/results/results.json" <<'EOF'
-import json, sys
-json.dump({"score": 0, "output": "The autograder failed on this submission; please contact the course staff.",
-           "visibility": "visible", "tests": []}, open(sys.argv[1], "w"))
-EOF
+"$PY" -m grader grade "$ROOT/submission" --assignment "$ASSIGNMENT" --gradescope "$ROOT/results/results.json" \
+    --feedback "$ROOT/results/feedback.md" "${ARGS[@]}" "${EXTRA[@]}"
+STATUS=$?
+if [ "$STATUS" != 0 ]; then
+    # No results.json on purpose: Gradescope then shows the run as failed (the
+    # student can resubmit, staff see this output) instead of a recorded zero.
+    rm -f "$ROOT/results/results.json"
+    echo "The grader failed (exit $STATUS); no score was recorded. Course staff: see the messages above." >&2
+    exit "$STATUS"
 fi
 """
 

@@ -9,11 +9,14 @@
   kept.  A cell with a syntax error loses only the definitions that do not
   parse (the others are graded); an unreadable file raises
   :class:`SubmissionError` with a clear message.
-* :func:`grade_cell` -- called by the notebooks' graded test cells (nbgrader
-  autograde runs them in the student's kernel): grades one function in the
+* :func:`grade_cell` -- called by the hidden region of the notebooks' graded
+  test cells when a notebook is *executed* (``nbgrader validate``, an
+  instructor running the source notebook): grades one function in the
   sandbox and raises ``AssertionError`` with the failed checks, or, with
-  ``points=``, returns the points earned (nbgrader's partial credit: a grade
-  cell whose result is a number gets that many points).
+  ``points=``, returns the points earned.  It decides no recorded score:
+  whatever runs in a student's kernel can be patched by the student, so
+  ``nbgrader autograde`` takes its points from ``python -m grader grade``
+  run in a separate process (:mod:`assignments.autograde`).
 """
 
 from __future__ import annotations

@@ -26,15 +26,15 @@ from assignments.student_package import _significant, wheel_problems
 
 pytestmark = pytest.mark.slow
 
-#: The issue asks for one planted bug; each costs a full notebook execution in CI.
-BUGS = ["one_stage"]
+#: One planted bug per assignment (autograding no longer executes notebooks, so each costs one grader run).
+BUGS = list(ASSIGNMENTS)
 
 
 @pytest.fixture(scope="module")
 def round_trip(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("course")
     started = time.perf_counter()
-    reports = selftest(list(ASSIGNMENTS), workdir, log=lambda line: None, bugs=BUGS, parallel=True)
+    reports = selftest(list(ASSIGNMENTS), workdir, log=lambda line: None, bugs=BUGS, parallel=True, paths=True)
     seconds = time.perf_counter() - started
     print(f"\nnbgrader round trip of both assignments: {seconds:.0f} s; "
           + "; ".join(f"{k}: {r.seconds}" for k, r in reports.items()))
@@ -50,7 +50,8 @@ def test_round_trip_gives_full_and_zero_marks(round_trip, name):
     report = round_trip[1][name]
     assert expected_problems(report) == []
     spec = ASSIGNMENTS[name]
-    assert report.scores[STUDENTS["reference"]] == spec.total_points
+    assert report.max_score == spec.max_score == spec.total_points + spec.overfit["points"]
+    assert report.scores[STUDENTS["reference"]] == spec.max_score
     assert report.scores[STUDENTS["release"]] == 0
 
 
@@ -59,19 +60,20 @@ def test_a_planted_bug_loses_exactly_that_functions_points(round_trip, name):
     report = round_trip[1][name]
     spec = ASSIGNMENTS[name]
     bug = PLANTED_BUGS[name]
-    assert report.scores[STUDENTS["bug"]] == spec.total_points - spec.points[bug.function]
+    assert report.scores[STUDENTS["bug"]] == spec.max_score - spec.points[bug.function]
+    cell_points = dict(spec.points, overfit=spec.overfit["points"])
     lost = {cell: score for cell, score in report.cell_scores[STUDENTS["bug"]].items()
-            if cell.startswith("check-") and score < spec.points[cell.removeprefix("check-")]}
+            if cell.startswith("check-") and score < cell_points[cell.removeprefix("check-")]}
     assert lost == {f"check-{bug.function}": 0}
 
 
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))
 def test_source_notebook_runs_top_to_bottom_with_the_reference(round_trip, name):
-    """The autograded reference submission is the source notebook executed in
-    full (autograde restores the hidden tests): no cell may raise."""
+    """The source notebook (the reference, hidden tests included) executed in
+    full with the small settings: no cell may raise."""
     course, reports = _course(round_trip, name), round_trip[1]
     assert reports[name].errors_in_reference == []
-    executed = nbformat.read(course / "autograded" / STUDENTS["reference"] / name / f"{name}.ipynb", as_version=4)
+    executed = nbformat.read(course / "executed" / f"{name}.ipynb", as_version=4)
     code = [c for c in executed.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code[:-1])
     pictures = sum(1 for c in code for o in c.outputs if "image/png" in o.get("data", {}))
@@ -119,6 +121,30 @@ def test_release_holds_no_reference_line_no_hidden_test_and_no_solutions_import(
             assert not re.search(r"^\s*(from|import)\s+solutions\b", body, flags=re.M)
             assert not ({line.strip() for line in body.splitlines()} & reference)
     assert set(files) <= {f"{name}.ipynb", "course_tools.py", "one_stage_sanity.pt", "two_stage_sanity.pt", wheel[0]}
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_one_score_per_notebook_on_every_path(round_trip, name):
+    """nbgrader's gradebook, `grader batch` and the Gradescope bundle give every
+    submission the same points per function (and overfit test); the
+    kernel-patching notebook scores what the untouched release scores; reused
+    code left as stubs costs nothing in the assignment that does not grade it."""
+    report = round_trip[1][name]
+    assert set(report.path_points) == {"nbgrader", "batch", "gradescope"}
+    students = set(report.path_points["nbgrader"])
+    assert {STUDENTS["reference"], STUDENTS["release"], STUDENTS["bug"], STUDENTS["patcher"]} <= students
+    assert set(report.path_points["batch"]) == students
+    assert set(report.path_points["gradescope"]) == students - {STUDENTS["reference"]}
+    from assignments.selftest import path_problems
+
+    assert path_problems(report) == []
+    for path, by_student in report.path_points.items():
+        for student, points in by_student.items():
+            assert points == report.path_points["nbgrader"][student], (path, student)
+            assert round(sum(points.values()), 2) == report.scores[student], (path, student)
+    assert report.scores[STUDENTS["patcher"]] == report.scores[STUDENTS["release"]] == 0
+    if ASSIGNMENTS[name].reused:
+        assert report.scores[STUDENTS["cross"]] == ASSIGNMENTS[name].max_score
 
 
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))
@@ -171,7 +197,8 @@ def test_release_notebooks_open_in_jupyterlab_4(round_trip):
             assert not model.get("message"), model.get("message")
             stubs = [c for c in model["content"]["cells"] if c["metadata"].get("nbgrader", {}).get("solution")]
             checks = [c for c in model["content"]["cells"] if c["metadata"].get("nbgrader", {}).get("grade")]
-            assert len(stubs) >= len(ASSIGNMENTS[name].functions) and len(checks) == len(ASSIGNMENTS[name].functions)
+            # one grade cell per function, plus the overfit test's
+            assert len(stubs) >= len(ASSIGNMENTS[name].functions) and len(checks) == len(ASSIGNMENTS[name].functions) + 1
     finally:
         server.terminate()
         server.wait(timeout=30)

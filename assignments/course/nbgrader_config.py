@@ -31,10 +31,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]  # the repository: makes `assignments` importable for the feedback filter
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# Kernels nbgrader starts (validate) and the grader it runs (autograde) use
+# this repository's grader and solutions, not whichever checkout an editable
+# install in the environment points at.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                         if p and p != str(ROOT)])
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import GetGrades  # noqa: E402
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
+    OverwriteKernelspec, SaveAutoGrades)
 
+from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402
 from assignments.feedback import StripHiddenTests  # noqa: E402
 
 c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
@@ -60,6 +68,21 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 c.ClearSolutions.enforce_metadata = True
 c.ClearHiddenTests.enforce_metadata = True
 c.GenerateAssignment.create_assignment = True
+
+# Autograde: the points come from `python -m grader grade`, run on the
+# submitted notebook in a separate process (the student's code runs only in
+# the grader's sandbox), never from executing the notebook in a kernel the
+# student's code could patch (assignments/autograde.py).  The same command
+# grades the CLI, `grader batch` and Gradescope paths: one score per notebook.
+# QuietOverwriteCells restores locked cells like nbgrader's OverwriteCells but
+# does not warn about the hidden-test regions every release lacks.
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, QuietOverwriteCells,
+                                      CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [GradeWithGrader, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+# More options for the grader, e.g. COURSE_GRADER_ARGS="--sandbox bwrap --voc-root /data/VOCdevkit".
+c.GradeWithGrader.extra_args = os.environ.get("COURSE_GRADER_ARGS", "").split()
+c.GradeWithGrader.timeout = float(os.environ.get("COURSE_GRADE_TIMEOUT", "3600"))
 
 # Feedback: nbgrader's HTML shows hidden tests and their tracebacks by
 # default; StripHiddenTests removes both (see assignments/feedback.py).
