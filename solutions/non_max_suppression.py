@@ -118,9 +118,9 @@ def class_spec_nms(
     # different classes cannot overlap; then one NMS call does every class.
     # In at least float32: in float16, class 300 of a 224 px image would be
     # shifted past 65504 (inf) and coordinates quantised to 32 px.
-    work = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
-    span = (work.max() - work.min()).clamp(min=0) + 1
-    offsets = class_ids.to(work.dtype)[:, None] * span
-    keep = nms(work - work.min() + offsets, scores, iou_threshold)
+    boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))  # a new tensor only for half precision
+    span = (boxes.max() - boxes.min()).clamp(min=0) + 1
+    offsets = class_ids.to(boxes.dtype)[:, None] * span
+    keep = nms(boxes - boxes.min() + offsets, scores, iou_threshold)
     ### END SOLUTION
     return keep
