@@ -354,7 +354,7 @@ def _course_match_diag(locations: dict, gt_boxes: torch.Tensor, fallback):
             if same(exclusive_lower=True):
                 return boundary
             if same(float32_cost=True):
-                return areas[0].upper() + areas[1:]
+                return f"near-equal areas: {areas}"
             if same(exclusive_lower=True, float32_cost=True):
                 return f"two course habits: {boundary}; and {areas}"
         return fallback(out, ref)
