@@ -32,9 +32,13 @@ Protocol (per class ``c``)
    keeps them as rows that add nothing, which changes neither maximum below.
 5. VOC2007 AP (``use_07_metric=True``): the mean over ``t = 0, 0.1, ..., 1``
    of the largest precision at a recall ``>= t`` (0 when recall never reaches
-   ``t``).  The thresholds are the exact decimals ``i / 10``, so a recall of
-   exactly 3/10 reaches ``t = 0.3`` (accumulating ``0.1`` in floating point, as
-   ``np.arange(0, 1.1, 0.1)`` does, gives ``0.30000000000000004``).
+   ``t``).  The thresholds are the devkit's own, MATLAB's ``0:0.1:1``, whose
+   fourth value is ``3 * 0.1 = 0.30000000000000004`` (MATLAB's colon computes
+   ``a + k*d`` for the first half and ``b - (n-k)*d`` for the second), so a
+   recall of exactly 3/10 does *not* reach ``t = 0.3`` (a constructed case:
+   AP 3/11 where exact decimals would give 4/11), while exactly 6/10 and
+   7/10 do reach 0.6 and 0.7 (``np.arange(0, 1.1, 0.1)`` gives
+   ``0.6000000000000001`` and ``0.7000000000000001`` there: not the devkit).
    VOC2010+ AP (``use_07_metric=False``): the area under the precision
    envelope (precision made non-increasing in recall), summed over the recall
    steps.
@@ -80,8 +84,26 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = ["VOCEvalResult", "evaluate_detections", "average_precision", "box_iou_pairs"]
 
-#: Recall thresholds of the VOC2007 11-point metric, exactly ``i / 10``.
-RECALL_THRESHOLDS_07: np.ndarray = np.arange(11, dtype=np.float64) / 10.0
+
+
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """MATLAB's ``start:step:stop`` bit for bit (for ``step > 0``).
+
+    MATLAB computes ``n = round((stop - start) / step)`` steps; element ``k``
+    is ``start + k*step`` in the first half and ``stop - (n-k)*step`` in the
+    second, and for even ``n`` the middle one is ``(start + stop) / 2``.
+    """
+    n = int(round((stop - start) / step))
+    k = np.arange(n + 1, dtype=np.float64)
+    out = np.where(k < n / 2, start + k * step, stop - (n - k) * step)
+    if n % 2 == 0:
+        out[n // 2] = (start + stop) / 2
+    return out
+
+
+#: Recall thresholds of the VOC2007 11-point metric: the devkit's ``0:0.1:1``
+#: (``VOCevaldet.m``), so ``[3] == 0.30000000000000004`` and ``[6] == 0.6``.
+RECALL_THRESHOLDS_07: np.ndarray = matlab_colon(0.0, 0.1, 1.0)
 
 
 # --------------------------------------------------------------------------- #

@@ -37,6 +37,8 @@ class Job:
     judge: Judge
     #: Seconds of wall-clock time per spec (None: the rubric's default).
     wall_seconds: float | None = None
+    #: Names a known mistake behind a crash: error text -> message (None: the plain error).
+    explain: Callable[[str], str | None] | None = None
 
 
 @dataclass

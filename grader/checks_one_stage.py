@@ -27,7 +27,7 @@ from grader.checks import (
 )
 from grader.compare import Verdict, close, compare_tree
 from grader.functions import reference
-from grader.sanity import judge_indices, shape_tree
+from grader.sanity import _greedy_nms, diagnose_nms, judge_indices, shape_tree
 
 A = "one_stage"
 LOC_HINT = "expected stride * (col + 0.5), stride * (row + 0.5) per cell, row-major with x fastest"
@@ -150,8 +150,27 @@ def _backbone_shapes(check_id: str, title: str, out_channels: int, image: tuple,
 # ---------------------------------------------------------------------------
 
 
+def _structure_verdict(expected_convs: int | None, structure: list, kernel: tuple | None) -> Verdict:
+    """The layer layout, named layer by layer (checked before the initialisation: a wrong
+    kernel makes every later message about statistics beside the point)."""
+    if expected_convs is None:
+        return Verdict(True)
+    convs = [r for r in structure if r["type"] == "Conv2d" and (kernel is None or tuple(r["kernel"]) == kernel)]
+    if len(convs) == expected_convs:
+        return Verdict(True)
+    size = "x".join(map(str, kernel or ()))
+    others = [r for r in structure if r["type"] == "Conv2d" and kernel is not None and tuple(r["kernel"]) != kernel]
+    listed = ", ".join(f"{r['name']} {'x'.join(map(str, r['kernel']))} conv of weight {tuple(r['weight'])}" for r in others[:4])
+    return Verdict(False, f"expected {expected_convs} {size} convs in total, found {len(convs)}"
+                          + (f"; other convs: {listed}" if listed else "")
+                          + (f" (every stem conv is {size} with padding 1)" if size == "3x3" else ""))
+
+
 def _init_verdict(state: dict, special_bias: dict[str, float], expected_convs: int | None, structure: list,
                   kernel: tuple | None = (3, 3)) -> Verdict:
+    layout = _structure_verdict(expected_convs, structure, kernel)
+    if not layout.passed:
+        return layout
     for key, value in special_bias.items():
         if key not in state:
             return Verdict(False, f"no parameter {key!r} (keep the attribute names of the skeleton)")
@@ -165,11 +184,26 @@ def _init_verdict(state: dict, special_bias: dict[str, float], expected_convs: i
             tol = 0.003 if value.numel() >= 1000 else 0.004
             if abs(std - 0.01) > tol or abs(float(value.double().mean())) > 0.003:
                 return Verdict(False, f"{key}: weights must be initialised from N(0, 0.01) (found std {std:.4f})")
-    if expected_convs is not None:
-        convs = [r for r in structure if r["type"] == "Conv2d" and (kernel is None or tuple(r["kernel"]) == kernel)]
-        if len(convs) != expected_convs:
-            return Verdict(False, f"expected {expected_convs} {'x'.join(map(str, kernel or ()))} convs in total, found {len(convs)}")
     return Verdict(True)
+
+
+def load_error_message(error: str, layout: str) -> str:
+    """A failed ``load_state_dict`` as one line naming the differing layers (the first line
+    of PyTorch's message only names the class)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    details = []
+    for line in lines:
+        if line.startswith("size mismatch for "):
+            name = line[len("size mismatch for "):].split(":")[0]
+            shapes = [part.split(")")[0] for part in line.split("torch.Size(")[1:]]
+            if len(shapes) == 2:
+                details.append(f"{name} has shape {shapes[1]}, expected {shapes[0]}")
+            else:
+                details.append(line[:120])
+        elif line.startswith(("Missing key(s)", "Unexpected key(s)")):
+            details.append(line[:200])
+    text = "; ".join(details[:4]) or (lines[0][:300] if lines else error[:300])
+    return f"your layers differ from the expected layout ({layout}): {text}"
 
 
 def _flatten_diag(feat_shapes: dict, names=("class logits", "box deltas", "centerness logits"), alt_ctr=None):
@@ -221,9 +255,9 @@ def _head_checks() -> list[Check]:
         def judge(values):
             value = values[0]
             if value.get("load_error"):
-                return Verdict(False, "could not load weights of the expected layout into your head, so its layers differ "
-                                      "(stem_cls / stem_box: Conv2d + ReLU per stem layer; pred_cls, pred_box, pred_ctr: 3x3 convs): "
-                                      + value["load_error"].splitlines()[0][:300])
+                return Verdict(False, load_error_message(
+                    value["load_error"], "stem_cls / stem_box: 3x3 Conv2d (padding 1) + ReLU per stem layer; pred_cls, pred_box, "
+                                         "pred_ctr: 3x3 convs, pred_cls on the class stem, pred_box and pred_ctr on the box stem"))
             out = value["outputs"][0]
             verdict = compare_tree(out, tuple(expected), atol=1e-5, rtol=1e-4)
             if not verdict.passed:
@@ -264,6 +298,68 @@ def _head_checks() -> list[Check]:
 # ---------------------------------------------------------------------------
 # fcos_match_locations_to_gt
 # ---------------------------------------------------------------------------
+
+
+def _course_variant_match(locations: dict, strides: dict, gt_boxes: torch.Tensor, *, exclusive_lower: bool = False,
+                          float32_cost: bool = False) -> dict:
+    """What two course-style variants of the matching return (for diagnoses only).
+
+    ``exclusive_lower``: ``m > lower`` instead of ``m >= lower``.  ``float32_cost``: the
+    course's ``(1e8 - area)`` score in float32, maximised (near-equal areas round to the
+    same score and the first box wins, even if it is the larger).  Otherwise the rule
+    of :func:`solutions.fcos_targets.fcos_match_locations_to_gt`.
+    """
+    batched = gt_boxes.dim() == 3
+    gt = (gt_boxes if batched else gt_boxes[None]).double()
+    levels = list(locations)
+    values = sorted(float(strides[k]) for k in levels)
+    out = {}
+    for level in levels:
+        s = float(strides[level])
+        lower = 0.0 if s == values[0] else 4 * s
+        upper = math.inf if s == values[-1] else 8 * s
+        loc = locations[level].double()
+        xc, yc = loc[None, :, 0, None], loc[None, :, 1, None]
+        x1, y1, x2, y2 = (gt[:, None, :, k] for k in range(4))
+        dist = torch.stack([xc - x1, yc - y1, x2 - xc, y2 - yc], -1)
+        far = dist.amax(-1)
+        low_ok = far > lower if exclusive_lower else far >= lower
+        ok = (dist.amin(-1) > 0) & low_ok & (far < upper) & (gt[:, None, :, 4] >= 0)
+        area = (x2 - x1) * (y2 - y1)
+        if float32_cost:
+            score = torch.where(ok, (1e8 - area.float()).double(), torch.zeros_like(far))
+            best, idx = score.max(-1)
+            none = best <= 0
+        else:
+            cost = torch.where(ok, area.expand_as(far), torch.full_like(far, math.inf))
+            best, idx = cost.min(-1)
+            none = torch.isinf(best)
+        rows = torch.gather(gt, 1, idx[..., None].expand(-1, -1, 5))
+        rows = torch.where(none[..., None], torch.full_like(rows, -1.0), rows).to(gt_boxes.dtype)
+        out[level] = rows if batched else rows[0]
+    return out
+
+
+def _course_match_diag(locations: dict, gt_boxes: torch.Tensor, fallback):
+    """A diagnosis that first recognises the course's two matching habits, then ``fallback``."""
+    def diagnose(out, ref):
+        if isinstance(out, dict) and all(isinstance(out.get(k), torch.Tensor) and out[k].shape == r.shape for k, r in ref.items()):
+            same = lambda **kw: all(close(out[k], v[k]) for v in [_course_variant_match(locations, STRIDES, gt_boxes, **kw)]
+                                    for k in ref)  # noqa: E731
+            boundary = ("a location whose max(l, t, r, b) equals a level's lower bound (e.g. exactly 64 px on p4) must match "
+                        "on that level: the ranges are lower <= max(l, t, r, b) < upper (>= at the lower bound; the course used >)")
+            areas = ("of two boxes whose areas differ by a few px² the larger won: the smallest area must win; compare the "
+                     "areas themselves (the course's 1e8 - area in float32 rounds near-equal areas to the same value)")
+            # One habit at a time first: on most inputs only one of them changes anything.
+            if same(exclusive_lower=True):
+                return boundary
+            if same(float32_cost=True):
+                return f"near-equal areas: {areas}"
+            if same(exclusive_lower=True, float32_cost=True):
+                return f"two course habits: {boundary}; and {areas}"
+        return fallback(out, ref)
+
+    return diagnose
 
 
 def _match_diag(out, ref):
@@ -337,6 +433,18 @@ def _match_checks() -> list[Check]:
         gt = torch.tensor([[[20.0, 20, 120, 120, 1], [40, 40, 110, 110, 2], [150, 150, 200, 200, 5], [150, 150, 200, 200, 6]]])
         return call_spec(f, _locations(shapes224), STRIDES, gt)
 
+    def near_equal_areas():
+        # The larger box first: areas 10003 and 10000 px² (float32 spacing at 1e8 is 8), and a
+        # pair on p4 whose areas differ by 2 px²; distinct classes show which box won.
+        # Half-pixel corners keep every distance off the level boundaries (a check of one thing).
+        gt = torch.tensor([[[20.5, 20.5, 120.53, 120.5, 3], [20.5, 20.5, 120.5, 120.5, 7], [100.5, 100.5, 200.5, 200.52, 4],
+                            [100.5, 100.5, 200.5, 200.5, 9], [-1, -1, -1, -1, -1]]])
+        return call_spec(f, _locations(shapes224), STRIDES, gt)
+
+    def diag(build, fallback=_match_diag):
+        spec = build()
+        return _course_match_diag(spec["args"][0], spec["args"][2], fallback)
+
     def float64():
         g = gen(13)
         return call_spec(f, _locations(shapes224, torch.float64), STRIDES, rand_gt(g, 2, [4, 5], 6, dtype=torch.float64))
@@ -351,13 +459,16 @@ def _match_checks() -> list[Check]:
         return call_spec(f, _locations(shapes224), STRIDES, rand_gt(g, 2, [5, 2], 6))
 
     return [
-        call_check(A, f"{f}/random_batched", f, "random boxes, batched (B, N, 5) with padding", batched, diagnose=_match_diag, hint=MATCH_HINT),
+        call_check(A, f"{f}/random_batched", f, "random boxes, batched (B, N, 5) with padding", batched, diagnose=diag(batched), hint=MATCH_HINT),
         call_check(A, f"{f}/unbatched", f, "one image's (N, 5) boxes give (L, 5) per level", unbatched, diagnose=_match_diag, hint=MATCH_HINT),
         call_check(A, f"{f}/all_padding", f, "ground truth made only of padding rows", all_padding, diagnose=_match_diag),
         call_check(A, f"{f}/empty_gt", f, "ground truth with zero rows", empty, diagnose=_match_diag),
         call_check(A, f"{f}/boundaries", f, "locations on a box border; max distance exactly on a level boundary", boundaries,
-                   diagnose=_match_diag, hint="on the border is not inside (l, t, r, b must be > 0); ranges are [lower, upper)"),
-        call_check(A, f"{f}/ties", f, "several boxes contain a location: smallest area wins, equal areas the first", ties, diagnose=_ties_diag),
+                   diagnose=diag(boundaries), hint="on the border is not inside (l, t, r, b must be > 0); ranges are [lower, upper)"),
+        call_check(A, f"{f}/ties", f, "several boxes contain a location: smallest area wins, equal areas the first", ties,
+                   diagnose=diag(ties, _ties_diag)),
+        call_check(A, f"{f}/near_equal_areas", f, "two boxes with areas a few px² apart, the larger listed first: the smaller wins",
+                   near_equal_areas, diagnose=diag(near_equal_areas, _ties_diag)),
         call_check(A, f"{f}/float64", f, "float64 inputs give float64 outputs", float64, diagnose=_match_diag, hint=MATCH_HINT),
         call_check(A, f"{f}/non_square", f, "non-square image, batch of three with an empty image", non_square, diagnose=_match_diag, hint=MATCH_HINT),
         call_check(A, f"{f}/cuda", f, "CUDA inputs", cuda, cuda=True),
@@ -447,6 +558,22 @@ def _delta_checks() -> list[Check]:
             deltas[:, ::4] = -1.0
         return deltas if batched else deltas[0]
 
+    def background_rows():
+        deltas, locations = deltas_of(36)
+        deltas[::3] = -1.0  # 17 background rows, each at its own location
+        return call_spec(fa, deltas, locations, 8)
+
+    def background_diag(out, ref):
+        if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+            return None
+        background = (ref[:, :2] == ref[:, 2:]).all(-1)
+        if close(out[~background], ref[~background], atol=1e-4) and not close(out[background], ref[background], atol=1e-4):
+            if close(out[background], ref[background][:1].expand(int(background.sum()), 4), atol=1e-4):
+                return ("every background row got the first background location's box: each background row (deltas -1) "
+                        "gives the empty box (xc, yc, xc, yc) of its own location")
+            return "background rows (deltas -1) must give the empty box (xc, yc, xc, yc) of their own location (deltas clamped to 0)"
+        return _apply_diag(8)(out, ref)
+
     stride_tensor = lambda: (lambda d, l: call_spec(fa, d, l, torch.tensor([8.0, 16.0, 32.0]).repeat_interleave(torch.tensor([20, 20, 10]))[:, None]))(*deltas_of(27))
     return [
         call_check(A, f"{f}/random", f, "random locations inside random boxes (4 columns), stride 16",
@@ -462,6 +589,8 @@ def _delta_checks() -> list[Check]:
                    diagnose=_apply_diag(8), hint="boxes are (xc - l*s, yc - t*s, xc + r*s, yc + b*s)"),
         call_check(A, f"{fa}/negative_clamped", fa, "negative deltas are clamped to 0", lambda: call_spec(fa, *deltas_of(28, negative=True), 16),
                    diagnose=_apply_diag(16), hint="clamp negative deltas to 0 before using them"),
+        call_check(A, f"{fa}/background_rows", fa, "several background rows (deltas -1) at different locations",
+                   background_rows, diagnose=background_diag),
         call_check(A, f"{fa}/stride_tensor", fa, "a per-location stride tensor (L, 1)", stride_tensor, diagnose=_apply_diag(None)),
         call_check(A, f"{fa}/float64", fa, "float64 inputs", lambda: call_spec(fa, *deltas_of(29, dtype=torch.float64), 8)),
         mutation_check_of(f"{fa}/no_mutation", fa, lambda: call_spec(fa, *deltas_of(30, negative=True), 8), ["deltas", "locations", "stride"],
@@ -520,6 +649,25 @@ def _ties_judge(out, expected, spec):
     return verdict
 
 
+def _nms_judge(out, expected, spec):
+    """Kept indices; when they differ, recognise a wrong intersection."""
+    verdict = judge_indices(out, expected)
+    if verdict.passed or not isinstance(out, torch.Tensor):
+        return verdict
+    message = diagnose_nms(out, *spec["args"][:3])
+    return Verdict(False, message) if message else verdict
+
+
+def _zero_area_judge(out, expected, spec):
+    verdict = judge_indices(out, expected)
+    if verdict.passed or not isinstance(out, torch.Tensor):
+        return verdict
+    if len(out) < len(expected) and out.reshape(-1).tolist() == _greedy_nms(*spec["args"][:3], keep_le=True):
+        return Verdict(False, "two zero-area boxes have IoU 0 / 0 = NaN, and your NMS suppresses them: keeping only boxes with "
+                              "IoU <= threshold drops NaN; suppress a box only when IoU > threshold (torchvision.ops.nms keeps both)")
+    return verdict
+
+
 def _threshold_judge(out, expected, spec):
     verdict = judge_indices(out, expected)
     if not verdict.passed and isinstance(out, torch.Tensor) and len(out) < len(expected):
@@ -557,13 +705,22 @@ def _nms_checks() -> list[Check]:
         boxes = rand_boxes(g, n, max_frac=0.35, dtype=dtype)
         return call_spec(fc, boxes, torch.rand(n, generator=g).to(dtype), torch.randint(0, 6, (n,), generator=g), 0.5)
 
+    def zero_area():
+        # Two identical points (IoU 0 / 0 with each other), a line, and boxes around them.
+        boxes = torch.tensor([[50.0, 50, 50, 50], [50, 50, 50, 50], [30, 30, 30, 80], [30, 30, 30, 80], [40, 40, 70, 70],
+                              [41, 41, 70, 70], [100, 100, 120, 130]])
+        return call_spec(f, boxes, torch.tensor([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6]), 0.5)
+
     def cross_class():
         boxes = torch.tensor([[10.0, 10, 60, 60]] * 4 + [[12.0, 12, 60, 60]])
         return call_spec(fc, boxes, torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), torch.tensor([0, 1, 2, 3, 0]), 0.5)
 
     return [
-        _index_check(f"{f}/random_float", f, "800 random float boxes, threshold 0.5", random_float),
-        _index_check(f"{f}/threshold_0.3", f, "random boxes, threshold 0.3", lambda: random_float(43, 500, thr=0.3)),
+        _index_check(f"{f}/random_float", f, "800 random float boxes, threshold 0.5", random_float, judge_fn=_nms_judge),
+        _index_check(f"{f}/threshold_0.3", f, "random boxes, threshold 0.3", lambda: random_float(43, 500, thr=0.3),
+                     judge_fn=_nms_judge),
+        _index_check(f"{f}/zero_area", f, "zero-area boxes (IoU 0 / 0 with each other) suppress nothing and are kept",
+                     zero_area, judge_fn=_zero_area_judge),
         _index_check(f"{f}/ties", f, "identical boxes with equal scores: one is kept", ties, judge_fn=_ties_judge),
         _index_check(f"{f}/iou_equals_threshold", f, "IoU exactly equal to the threshold does not suppress", at_threshold,
                      judge_fn=_threshold_judge),
@@ -607,8 +764,8 @@ def _fixed_fcos_setup(seed: int, num_classes: int = 5, height: int = 96, width: 
     return images, replace, g
 
 
-def _fcos_spec(replace, calls, device="cpu"):
-    return {"op": "module", "name": "FCOS", "ctor_args": [5, 8, [8]], "ctor_kwargs": {"weights": None}, "seed": 0,
+def _fcos_spec(replace, calls, device="cpu", num_classes: int = 5):
+    return {"op": "module", "name": "FCOS", "ctor_args": [num_classes, 8, [8]], "ctor_kwargs": {"weights": None}, "seed": 0,
             "stub_classes": ["DetectorBackboneWithFPN", "FCOSPredictionNetwork"],
             "replace": replace, "calls": calls, "device": device}
 
@@ -647,28 +804,62 @@ def _loss_judge(expected_calls, keys=("loss_cls", "loss_box", "loss_ctr"), devic
     return judge
 
 
+def explain_class_count(error: str) -> str | None:
+    """A crash of the losses with another number of classes than VOC's 20, in words."""
+    if any(words in error for words in ("must be the same as input size", "must match the size of tensor", "num_classes",
+                                        "shape mismatch", "The size of tensor a", "out of bounds", "out of range")):
+        return ("your loss assumes 20 classes (e.g. F.one_hot(..., num_classes=21)); this model was built with "
+                "FCOS(5, ...): use self.num_classes")
+    return None
+
+
+def _clip_verdict(boxes: torch.Tensor, expected: torch.Tensor, height: int, width: int, image: int) -> Verdict | None:
+    """Boxes must lie in the ``width x height`` image (x by the width, y by the height)."""
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or not len(boxes):
+        return None
+    b, eps = boxes.double(), 1e-3
+    x_max, y_max = float(b[:, 0::2].max()), float(b[:, 1::2].max())
+    expected_x_max = float(expected[:, 0::2].max()) if len(expected) else 0.0
+    if float(b.min()) < -eps or x_max > width + eps or y_max > height + eps:
+        if y_max > height + eps and y_max <= width + eps and x_max <= height + eps:
+            return Verdict(False, f"image {image}: x looks clipped by the image height and y by its width: with images "
+                                  "(B, 3, H, W), clip x to [0, W] and y to [0, H]")
+        return Verdict(False, f"image {image}: boxes must be clipped to the image: x to [0, W], y to [0, H] (images are (B, 3, H, W))")
+    if x_max <= height + eps < expected_x_max:
+        return Verdict(False, f"image {image}: x looks clipped by the image height: with images (B, 3, H, W), clip x to [0, W] "
+                              "and y to [0, H]")
+    return None
+
+
 def _fcos_checks() -> list[Check]:
     f = "FCOS"
 
-    def losses_make(device="cpu"):
-        images, replace, g = _fixed_fcos_setup(51)
-        gt1 = rand_gt(g, 2, [4, 2], 6, width=128, height=96, num_classes=5)
+    # The main loss checks use VOC's 20 classes: a loss that hard-codes them loses only the
+    # small check below (built with 5 classes), which says so.
+    def losses_make(device="cpu", num_classes=20, steps=2, seed=51):
+        images, replace, g = _fixed_fcos_setup(seed, num_classes=num_classes)
+        gt1 = rand_gt(g, 2, [4, 2], 6, width=128, height=96, num_classes=num_classes)
         gt1[0, 0] = torch.tensor([4.0, 6, 120, 90, 2])
-        gt2 = rand_gt(g, 2, [1, 5], 6, width=128, height=96, num_classes=5)
-        calls = [{"method": "forward", "train": True, "args": [images, gt1]}, {"method": "forward", "train": True, "args": [images, gt2]}]
-        spec = _fcos_spec(replace, calls, device)
+        gt2 = rand_gt(g, 2, [1, 5], 6, width=128, height=96, num_classes=num_classes)
+        gt1[1, 0, 4] = num_classes - 1  # the last class is a real class
+        calls = [{"method": "forward", "train": True, "args": [images, gt]} for gt in (gt1, gt2)][:steps]
+        spec = _fcos_spec(replace, calls, device, num_classes)
         expected = run_reference(A, {**spec, "device": "cpu"})["outputs"]
-        return Job([spec], _loss_judge(expected, device=device))
+        job = Job([spec], _loss_judge(expected, device=device))
+        if num_classes != 20:
+            job.explain = explain_class_count
+        return job
 
     def padding_make():
-        images, replace, g = _fixed_fcos_setup(52)
+        images, replace, g = _fixed_fcos_setup(52, num_classes=20)
         calls = [{"method": "forward", "train": True, "args": [images, torch.full((2, 5, 5), -1.0)]}]
-        spec = _fcos_spec(replace, calls)
+        spec = _fcos_spec(replace, calls, num_classes=20)
         expected = run_reference(A, spec)["outputs"]
         return Job([spec], _loss_judge(expected))
 
     def inference_make():
-        images, replace, g = _fixed_fcos_setup(53)
+        height, width = 96, 128  # not square: clipping x by the height shows
+        images, replace, g = _fixed_fcos_setup(53, height=height, width=width)
         calls = [{"method": "inference", "train": False, "no_grad": True, "args": [images], "kwargs": {"score_thresh": 0.3, "nms_thresh": 0.5}}]
         spec = _fcos_spec(replace, calls)
         expected = run_reference(A, spec)["outputs"][0]
@@ -683,6 +874,10 @@ def _fcos_checks() -> list[Check]:
                 boxes, scores, classes = o[0], o[1], o[2]
                 if not all(isinstance(t, torch.Tensor) for t in (boxes, scores, classes)):
                     return Verdict(False, "boxes, scores and classes must be tensors")
+                # Clipping first: clipped wrongly, boxes change and so does what NMS keeps.
+                clip = _clip_verdict(boxes, e[0], height, width, i)
+                if clip is not None:
+                    return clip
                 if len(scores) != len(e[1]):
                     if len(scores) > len(e[1]):
                         return Verdict(False, f"image {i}: {len(scores)} detections, expected {len(e[1])}: too many "
@@ -694,8 +889,6 @@ def _fcos_checks() -> list[Check]:
                 if not close(scores[order_o], e[1][order_e], atol=1e-5, rtol=1e-4):
                     return Verdict(False, f"image {i}: scores differ: score = sqrt(sigmoid(class logit) * sigmoid(centerness logit))")
                 if boxes.shape != e[0].shape or not close(boxes[order_o], e[0][order_e], atol=1e-3, rtol=1e-4):
-                    if boxes.shape == e[0].shape and (boxes.min() < 0 or boxes[:, 2].max() > 128 or boxes[:, 3].max() > 96):
-                        return Verdict(False, f"image {i}: boxes must be clipped to the image")
                     return Verdict(False, f"image {i}: boxes differ (decode with fcos_apply_deltas_to_locations and each level's stride, clip to the image)")
                 if not torch.equal(classes[order_o].long(), e[2][order_e].long()):
                     return Verdict(False, f"image {i}: classes differ (the argmax class of each location)")
@@ -706,6 +899,8 @@ def _fcos_checks() -> list[Check]:
     return [
         Check(f"{f}/losses_fixed_predictions", f, "training losses with fixed features and predictions, two steps (normalizer)", False,
               losses_make),
+        Check(f"{f}/losses_other_num_classes", f, "training losses of FCOS(5, ...): the loss follows self.num_classes", False,
+              lambda: losses_make(num_classes=5, steps=1, seed=54)),
         Check(f"{f}/losses_all_padding", f, "losses when the ground truth is only padding", False, padding_make),
         Check(f"{f}/inference_fixed_predictions", f, "inference with fixed predictions: scores, boxes, classes", False, inference_make),
         Check(f"{f}/cuda_losses", f, "training losses on CUDA", False, lambda: losses_make("cuda"), cuda=True),

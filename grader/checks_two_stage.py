@@ -294,6 +294,26 @@ def _match_diag(out, ref):
     return "matched rows differ: each foreground anchor gets the whole (x1, y1, x2, y2, class) row of its best box"
 
 
+FORCE_RULE = ("force_best_match=True: for each ground-truth box, the anchor(s) with the largest IoU with it are foreground "
+              "too, matched to that box, even when that IoU is below the high threshold (the Faster R-CNN rule that gives "
+              "small objects a positive anchor)")
+
+
+def _force_diag(anchors: torch.Tensor, gt: torch.Tensor, thresholds):
+    """Diagnosis of the force_best_match check: recognise the ordinary rule applied without it."""
+    def diagnose(out, ref):
+        if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+            return None
+        without = reference("rcnn_match_anchors_to_gt")(anchors, gt, thresholds, False)
+        if close(out, without):
+            return f"force_best_match is ignored: {FORCE_RULE}"
+        if bool(((ref[..., 4] >= 0) & (out[..., 4] < 0)).any()):
+            return f"the best anchor of a ground-truth box is not foreground: {FORCE_RULE}"
+        return f"{_match_diag(out, ref)} ({FORCE_RULE})"
+
+    return diagnose
+
+
 def _match_checks() -> list[Check]:
     f = "rcnn_match_anchors_to_gt"
 
@@ -318,10 +338,11 @@ def _match_checks() -> list[Check]:
         rois[0, :3] = gt[0, :3, :4]  # ground truth among the RoIs, as in the second stage
         return call_spec(f, rois, gt, (0.5, 0.5))
 
+    force_anchors = torch.tensor([[0.0, 0, 64, 64], [32, 0, 96, 64], [100, 100, 164, 164]])
+    force_gt = torch.tensor([[40.0, 10, 60, 30, 7], [-1, -1, -1, -1, -1]])
+
     def force():
-        a = torch.tensor([[0.0, 0, 64, 64], [32, 0, 96, 64], [100, 100, 164, 164]])
-        gt = torch.tensor([[40.0, 10, 60, 30, 7], [-1, -1, -1, -1, -1]])
-        return call_spec(f, a, gt, (0.3, 0.6), True)
+        return call_spec(f, force_anchors, force_gt, (0.3, 0.6), True)
 
     return [
         call_check(A, f"{f}/random_batched", f, "random anchors, batched ground truth with padding", batched, diagnose=_match_diag),
@@ -336,7 +357,7 @@ def _match_checks() -> list[Check]:
         call_check(A, f"{f}/empty_gt", f, "zero ground-truth rows: every anchor is background",
                    lambda: call_spec(f, anchors(87, 40), torch.zeros(2, 0, 5), (0.3, 0.6)), diagnose=_match_diag),
         call_check(A, f"{f}/force_best_match", f, "force_best_match makes the best anchor of a small box foreground", force,
-                   diagnose=_match_diag),
+                   diagnose=_force_diag(force_anchors, force_gt, (0.3, 0.6))),
         call_check(A, f"{f}/float64", f, "float64 inputs",
                    lambda: call_spec(f, anchors(88).double(), rand_gt(gen(89), 2, [3, 5], 6, dtype=torch.float64), (0.3, 0.6)),
                    diagnose=_match_diag),
@@ -489,14 +510,23 @@ def _rpn_setup(seed: int, height: int = 96, width: int = 128, batch: int = 2, an
     return feats, replace, g
 
 
-def _rpn_spec(replace, calls, batch_size_per_image=100000, device="cpu"):
-    return {"op": "module", "name": "RPN", "ctor_args": [8, [8]], "ctor_kwargs": {"batch_size_per_image": batch_size_per_image},
+def _rpn_spec(replace, calls, batch_size_per_image=100000, device="cpu", **ctor_kwargs):
+    return {"op": "module", "name": "RPN", "ctor_args": [8, [8]], "ctor_kwargs": {"batch_size_per_image": batch_size_per_image, **ctor_kwargs},
             "seed": 0, "stub_classes": ["RPNPredictionNetwork"], "replace": replace, "calls": calls, "device": device}
 
 
-def _scalar_losses_judge(expected, keys, hints, device="cpu"):
+def _scalar_losses_judge(expected, keys, hints, device="cpu", known=()):
+    """``known``: ``(expected outputs, message)`` of known mistakes, named when every loss matches them."""
     def judge(values):
         outputs = values[0]["outputs"]
+        for alternative, message in known:
+            if isinstance(outputs, list) and len(outputs) == len(alternative) and all(
+                    isinstance(out, dict) and all(isinstance(out.get(k), torch.Tensor) and out[k].numel() == 1
+                                                  and close(out[k].reshape(()), alt[k].reshape(()), atol=1e-7, rtol=1e-3)
+                                                  for k in keys)
+                    for out, alt in zip(outputs, alternative)) and not all(
+                    close(out[k].reshape(()), exp[k].reshape(()), atol=1e-7, rtol=1e-3) for out, exp in zip(outputs, expected) for k in keys):
+                return Verdict(False, message)
         matched, total, problem = 0, 0, None
         for out, exp in zip(outputs, expected):
             if not isinstance(out, dict):
@@ -520,7 +550,8 @@ def _scalar_losses_judge(expected, keys, hints, device="cpu"):
 
 
 RPN_HINTS = {
-    "loss_rpn_obj": "BCE-with-logits of the sampled anchors' objectness (foreground 1, background 0), summed, divided by batch_size_per_image * B",
+    "loss_rpn_obj": "BCE-with-logits of the sampled anchors' objectness (foreground 1, background 0), summed, divided by batch_size_per_image * B; "
+                    "anchors matched with force_best_match=self.force_best_match",
     "loss_rpn_box": "L1 between predicted and target deltas of the sampled foreground anchors, summed, divided by batch_size_per_image * B",
     "loss_cls": "cross-entropy over C + 1 classes (0 = background) of the sampled RoIs, averaged; features and targets must be in the same order",
 }
@@ -566,7 +597,37 @@ def _rpn_checks() -> list[Check]:
         calls = [{"method": "forward", "train": True, "args": [feats, STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
         spec = _rpn_spec(replace, calls, device=device)
         expected = run_reference(A, {**spec, "device": "cpu"})["outputs"]
-        return Job([spec], _scalar_losses_judge(expected, ("loss_rpn_obj", "loss_rpn_box"), RPN_HINTS, device))
+        without = run_reference(A, _rpn_spec(replace, calls, force_best_match=False))["outputs"]
+        known = [(without, "the losses are those of anchors matched without force_best_match: call rcnn_match_anchors_to_gt(..., "
+                           f"force_best_match=self.force_best_match) (True by default); {FORCE_RULE}")]
+        return Job([spec], _scalar_losses_judge(expected, ("loss_rpn_obj", "loss_rpn_box"), RPN_HINTS, device, known))
+
+    def sampled_make():
+        # Constant objectness logits: every sampled anchor adds log(2) to the BCE, so
+        # loss_rpn_obj counts the samples, whichever the random draw picks.
+        feats, replace, g = _rpn_setup(114)
+        obj, box = replace["pred_net"]["outputs"]
+        replace = {"pred_net": {"__harness__": "fixed_outputs", "outputs": ({k: torch.zeros_like(v) for k, v in obj.items()}, box)}}
+        gt = rand_gt(g, 2, [3, 2], 5, width=128, height=96)
+        calls = [{"method": "forward", "train": True, "args": [feats, STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
+        spec = _rpn_spec(replace, calls, batch_size_per_image=16)
+        expected = run_reference(A, spec)["outputs"]
+
+        def judge(values):
+            out = values[0]["outputs"][0]
+            value = out.get("loss_rpn_obj") if isinstance(out, dict) else None
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                return Verdict(False, "loss_rpn_obj missing or not a scalar tensor")
+            got, want = float(value), float(expected[0]["loss_rpn_obj"])
+            if abs(got - want) <= 1e-4 * abs(want):
+                return Verdict(True)
+            if abs(got - want / 2) <= 1e-4 * abs(want):
+                return Verdict(False, "half the expected anchors were sampled: batch_size_per_image anchors are drawn per image "
+                                      "(pass the (B, A, 5) matched boxes to sample_rpn_training), not over the whole flattened batch")
+            return Verdict(False, "loss_rpn_obj with constant objectness logits (log(2) per sampled anchor) differs: draw "
+                                  "batch_size_per_image anchors per image with sample_rpn_training, divide by batch_size_per_image * B")
+
+        return Job([spec], judge)
 
     def padding_make():
         feats, replace, g = _rpn_setup(112)
@@ -585,6 +646,8 @@ def _rpn_checks() -> list[Check]:
     return [
         Check(f"{f}/losses_fixed_predictions", f, "objectness and box losses with fixed predictions (every anchor sampled)", False, losses_make),
         Check(f"{f}/losses_all_padding", f, "losses when the ground truth is only padding", False, padding_make),
+        Check(f"{f}/losses_sampled_per_image", f, "batch_size_per_image 16: anchors sampled per image (constant objectness)",
+              False, sampled_make),
         Check(f"{f}/proposals_fixed_predictions", f, "proposals and their scores with fixed predictions", False, proposals_make),
         Check(f"{f}/cuda_losses", f, "losses on CUDA", False, lambda: losses_make("cuda"), cuda=True),
     ]

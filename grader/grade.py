@@ -325,6 +325,9 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
                 if failure is not None:
                     result.status = _status_of(failure)
                     result.message = failure.describe()
+                    explained = job.explain(result.message) if job.explain and failure.status == "error" else None
+                    if explained:
+                        result.message = f"{explained} ({result.message.splitlines()[0][:200]})"
                     if _is_fatal(failure):
                         timed_out.add(check.function)
                 else:

@@ -211,7 +211,7 @@ def _two_stage_cases() -> list[SanityCase]:
                    {"kind": "allclose", "atol": 0, "rtol": 0}),
         SanityCase("pool_roi_features/sanity", "pool_roi_features", "RoIAlign of four boxes from the right levels, in the boxes' order",
                    _call("pool_roi_features", pool_feats, STRIDES, torch.tensor([0, 1, 0, 1]), pool_boxes),
-                   {"kind": "allclose", "atol": 1e-5, "rtol": 1e-4}),
+                   {"kind": "allclose", "atol": 1e-5, "rtol": 1e-4, "diagnose": "row_order"}),
         SanityCase("FasterRCNN/sanity_losses", "FasterRCNN", "Faster R-CNN training losses on two images are finite scalars",
                    {"op": "module", "name": "FasterRCNN", "seed": 0,
                     "ctor_args": [{"__class__": "DetectorBackboneWithFPN", "args": [64], "kwargs": {"weights": None}},
@@ -372,7 +372,12 @@ def judge_case(case: dict | SanityCase, value: dict, expected) -> Verdict:
             return Verdict(True, rel_error=0.0)
         out, ref = value["output"], expected["output"]
         if kind == "allclose":
-            return compare_tree(out, ref, atol=compare.get("atol", 1e-5), rtol=compare.get("rtol", 1e-4))
+            verdict = compare_tree(out, ref, atol=compare.get("atol", 1e-5), rtol=compare.get("rtol", 1e-4))
+            if not verdict.passed and compare.get("diagnose") == "row_order" and _rows_permuted(out, ref):
+                return Verdict(False, "the pooled features are right but in another order (e.g. grouped by FPN level): row i "
+                                      "of the output must be RoI i's features (the course's bug that trained the classifier on "
+                                      "wrong labels)", rel_error=verdict.rel_error)
+            return verdict
         if kind == "first_rows":
             rows = compare["rows"]
             if not isinstance(out, dict):
@@ -394,13 +399,66 @@ def judge_case(case: dict | SanityCase, value: dict, expected) -> Verdict:
                                           "expected stride * (col + 0.5), stride * (row + 0.5)", rel_error=worst)
             return Verdict(True, rel_error=worst)
         if kind == "index_sequence":
-            return judge_indices(out, ref)
+            verdict = judge_indices(out, ref)
+            spec = case["spec"] if isinstance(case, dict) else case.spec
+            if not verdict.passed and spec.get("name") == "nms":
+                message = diagnose_nms(out, *spec["args"][:3])
+                if message:
+                    return Verdict(False, message)
+            return verdict
         if kind == "sample_counts":
             spec = case["spec"] if isinstance(case, dict) else case.spec
             return judge_samples(out, ref, spec["args"][0])
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         return Verdict(False, f"unexpected output structure ({type(error).__name__}: {error})")
     raise ValueError(f"unknown compare kind {kind!r}")
+
+
+def _rows_permuted(out, ref) -> bool:
+    """``out`` holds the rows of ``ref`` (first dimension) in another order."""
+    if not isinstance(out, torch.Tensor) or not isinstance(ref, torch.Tensor) or out.shape != ref.shape or out.dim() == 0:
+        return False
+    o, r = out.reshape(len(out), -1).double(), ref.reshape(len(ref), -1).double()
+    if len(o) < 2 or not bool(torch.isfinite(o).all()):
+        return False
+    distance = torch.cdist(o, r)  # (rows, rows)
+    match = distance.argmin(dim=1)
+    tol = 1e-4 * (1 + float(r.abs().max()))
+    found = bool((distance.gather(1, match[:, None]) <= tol * o.shape[1] ** 0.5).all())
+    return found and sorted(match.tolist()) == list(range(len(r))) and match.tolist() != list(range(len(r)))
+
+
+def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, far_corner=torch.minimum,
+                near_corner=torch.maximum, keep_le: bool = False) -> list[int]:
+    """Greedy NMS with one piece of the IoU swapped, in float64 (to recognise a mistake)."""
+    boxes = boxes.double()
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    keep = []
+    while len(order):
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        top_left = near_corner(boxes[rest, :2], boxes[i, :2])
+        bottom_right = far_corner(boxes[rest, 2:], boxes[i, 2:])
+        inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+        overlap = inter / (area[rest] + area[i] - inter)
+        order = rest[overlap <= threshold] if keep_le else rest[~(overlap > threshold)]
+    return keep
+
+
+def diagnose_nms(out, boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> str | None:
+    """Name a wrong intersection when the kept boxes are exactly those it gives."""
+    if not isinstance(out, torch.Tensor) or not isinstance(boxes, torch.Tensor) or boxes.dim() != 2:
+        return None
+    kept = out.reshape(-1).tolist()
+    corner = ("the intersection looks wrong: it is the box from (max x1, max y1) to (min x2, min y2) of the two boxes, "
+              "clamped at 0 width and height")
+    if kept == _greedy_nms(boxes, scores, threshold, far_corner=torch.maximum):
+        return corner + "; you seem to take the max for the bottom-right corner"
+    if kept == _greedy_nms(boxes, scores, threshold, near_corner=torch.minimum):
+        return corner + "; you seem to take the min for the top-left corner"
+    return None
 
 
 def judge_indices(out, ref: torch.Tensor) -> Verdict:

@@ -105,6 +105,7 @@ def class_spec_nms(
 
     Args:
         boxes: ``(N, 4)``; scores: ``(N,)``; class_ids: ``(N,)`` integers.
+            Half-precision boxes are shifted and compared in float32.
 
     Returns:
         ``(K,)`` int64 indices of kept boxes, by decreasing score.
@@ -115,6 +116,9 @@ def class_spec_nms(
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     # Shift each class to its own region of the plane so that boxes of
     # different classes cannot overlap; then one NMS call does every class.
+    # In at least float32: in float16, class 300 of a 224 px image would be
+    # shifted past 65504 (inf) and coordinates quantised to 32 px.
+    boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))  # a new tensor only for half precision
     span = (boxes.max() - boxes.min()).clamp(min=0) + 1
     offsets = class_ids.to(boxes.dtype)[:, None] * span
     keep = nms(boxes - boxes.min() + offsets, scores, iou_threshold)

@@ -18,9 +18,9 @@ shares no code with ``data_utils.voc_eval``:
   and MATLAB's ``max`` skips NaN.
 
 Deviations from the MATLAB code, each also made by ``data_utils.voc_eval``:
-continuous coordinates (no ``+1`` in widths, heights and areas), recall
-thresholds exactly ``i / 10``, AP ``NaN`` for a class with ``npos == 0`` and 0
-(not MATLAB's NaN) when every detection of the class was ignored.
+continuous coordinates (no ``+1`` in widths, heights and areas), AP ``NaN`` for a class with ``npos == 0`` and 0
+(not MATLAB's NaN) when every detection of the class was ignored.  The
+recall thresholds are MATLAB's ``0:0.1:1`` bit for bit (not ``i / 10``).
 
 ``random_case`` builds seeded random inputs for both the tests and the benchmark.
 """
@@ -121,7 +121,10 @@ def devkit_class_ap(
 
     if use_07_metric:
         ap = 0.0
-        for t in [i / 10 for i in range(11)]:
+        # MATLAB's 0:0.1:1 (VOCevaldet.m): k*0.1 for k < 5, 0.5, then 1 - (10-k)*0.1
+        # (so t = 0.30000000000000004 but exactly 0.6 and 0.7).
+        thresholds = [k * 0.1 for k in range(5)] + [0.5] + [1 - (10 - k) * 0.1 for k in range(6, 11)]
+        for t in thresholds:
             p = _nanmax([prec[k] for k in range(nd) if rec[k] >= t])
             ap += (0.0 if p is None else p) / 11
         return ap, tp, fp

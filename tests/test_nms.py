@@ -187,3 +187,18 @@ def test_class_spec_nms_equals_torchvision_batched_nms():
     box = torch.tensor([[10.0, 10, 50, 50]] * 3)
     assert class_spec_nms(box, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0])).tolist() == [0, 1]
     assert class_spec_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)).shape == (0,)
+
+
+def test_class_spec_nms_float16_shifts_in_float32():
+    """float16 boxes with class ids in the hundreds: the class offsets overflow or quantise in float16,
+    so the reference shifts in float32 and keeps the same boxes as for the float32 input."""
+    g = torch.Generator().manual_seed(7)
+    boxes = random_boxes(300, 8, canvas=200, max_side=60, min_side=5, integer=False)
+    boxes[0] = torch.tensor([0.0, 0.0, 224.0, 224.0])  # spans the image: class offsets of 225 px
+    scores = torch.rand(300, generator=g)
+    class_ids = torch.randint(280, 300, (300,), generator=g)
+    expected = class_spec_nms(boxes.half().float(), scores.half().float(), class_ids, 0.5)
+    got = class_spec_nms(boxes.half(), scores.half(), class_ids, 0.5)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, expected)
+    assert len(got) < 300  # something was suppressed

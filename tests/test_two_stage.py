@@ -127,6 +127,19 @@ SANITY_ANCHORS = torch.tensor([[20.0, 40, 80, 90], [10, 10, 50, 50], [120, 100, 
 SANITY_BOXES = torch.tensor([[10.0, 15, 100, 115, 1], [30, 20, 40, 30, 1], [120, 100, 200, 200, 1]])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_iou_half_precision_is_computed_in_float32(dtype):
+    """A 200 px box has area 40000: its union with itself overflows float16 (inf -> IoU 0)."""
+    box = torch.tensor([[10.0, 12.0, 210.0, 212.0], [0.0, 0.0, 224.0, 224.0]])
+    out = iou(box.to(dtype), box.to(dtype))
+    assert out.dtype == dtype
+    assert_close(out.float(), iou(box.to(dtype).float(), box.to(dtype).float()), atol=1e-2, rtol=0)
+    assert torch.equal(out.diagonal().float(), torch.ones(2))
+    # ... so an anchor that is a ground-truth box is foreground, not background
+    matched = rcnn_match_anchors_to_gt(box.to(dtype), torch.cat([box, torch.tensor([[3.0], [5.0]])], 1).to(dtype), (0.3, 0.6))
+    assert matched[:, 4].tolist() == [3.0, 5.0]
+
+
 def test_rcnn_deltas_sanity_values_and_round_trip():
     deltas = rcnn_get_deltas_from_anchors(SANITY_ANCHORS, SANITY_BOXES)
     expected = torch.tensor([[0.0833, 0.0, 0.4055, 0.6931], [0.1250, -0.1250, -1.3863, -1.3863], [0.0, 0.0, 0.0, 0.0]])

@@ -101,10 +101,16 @@ HAND_CASES = {
                                     Fraction(0), Fraction(0)),
     "iou_tie_first_box_plain": ([dict(gt=[(A, 0, False), (A, 0, True)], dets=[(A, 0.9, 0)])],
                                 Fraction(1), Fraction(1)),
-    # recall exactly 3/10 reaches the 0.3 threshold (np.arange(0, 1.1, 0.1)[3] = 0.30000000000000004 would not)
+    # recall exactly 3/10 does NOT reach the devkit's t(4) = 0.30000000000000004 (MATLAB's 0:0.1:1):
+    # precision 1 at t = 0, 0.1, 0.2 only -> 3/11 (exact decimals t = i/10 would give 4/11)
     "recall_exactly_0.3": ([dict(gt=[([10 * i, 0, 10 * i + 5, 5], 0, False) for i in range(10)],
                                  dets=[([10 * i, 0, 10 * i + 5, 5], 0.9 - 0.1 * i, 0) for i in range(3)])],
-                           Fraction(4, 11), Fraction(3, 10)),
+                           Fraction(3, 11), Fraction(3, 10)),
+    # ... but exactly 6/10 reaches the devkit's t(7) = 0.6 (np.arange(0, 1.1, 0.1)[6] = 0.6000000000000001 would not):
+    # precision 1 up to recall 0.6 reaches t = 0, 0.1, ..., 0.6 -> 7/11 (numpy's arange would give 6/11)
+    "recall_exactly_0.6": ([dict(gt=[([10 * i, 0, 10 * i + 5, 5], 0, False) for i in range(10)],
+                                 dets=[([10 * i, 0, 10 * i + 5, 5], 0.9 - 0.05 * i, 0) for i in range(6)])],
+                           Fraction(7, 11), Fraction(6, 10)),
     "no_detections": ([dict(gt=[(A, 0, False)])], Fraction(0), Fraction(0)),
 }
 
@@ -120,6 +126,16 @@ def test_hand_computed_cases(name):
     got07, got_all = both_aps(dets, gts)
     assert got07[0] == pytest.approx(float(ap07), abs=1e-12)
     assert got_all[0] == pytest.approx(float(ap_all), abs=1e-12)
+
+
+def test_recall_thresholds_are_matlab_colon_bit_for_bit():
+    """VOCevaldet.m samples recall at MATLAB's 0:0.1:1: 3*0.1 in the first half, 1 - k*0.1 in the second."""
+    from data_utils.voc_eval import RECALL_THRESHOLDS_07, matlab_colon
+
+    assert RECALL_THRESHOLDS_07.tolist()[3] == 0.30000000000000004 != 0.3
+    assert RECALL_THRESHOLDS_07.tolist()[:3] + RECALL_THRESHOLDS_07.tolist()[4:] == [0.0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert matlab_colon(0.0, 0.1, 1.0).tolist() != np.arange(0, 1.1, 0.1).tolist()  # numpy differs at 0.6 and 0.7
+    assert matlab_colon(1.0, 1.0, 5.0).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_difficult_counts_and_sensitivity():
