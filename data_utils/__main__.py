@@ -39,7 +39,8 @@ def cmd_main(argv: list[str]) -> int:
     parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated subset of %(default)s")
     parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars; one line when each long stage starts and ends, for logs")
     args = parser.parse_args(argv)
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = sorted(set(detectors) - set(DETECTORS))
@@ -48,7 +49,7 @@ def cmd_main(argv: list[str]) -> int:
 
     started = time.perf_counter()
     voc_dir = ensure_embedded_dataset(args.data)
-    print(f"embedded dataset: {voc_dir}")
+    print(f"embedded dataset: {voc_dir} (ready in {time.perf_counter() - started:.1f} s)")
     print(format_summary(summarize(voc_dir)))
     args.out.mkdir(parents=True, exist_ok=True)
     _write_samples(voc_dir, "train", args.out / "samples.png")

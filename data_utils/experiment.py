@@ -6,6 +6,7 @@ ground truth."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -111,36 +112,46 @@ def run_experiment(
     num_show: int = 6,
 ) -> dict[str, Any]:
     """Train ``preset`` on ``train_split``, evaluate VOC07 mAP on ``eval_split``
-    and write every artefact into ``out_dir``; returns the metrics dict."""
+    and write every artefact into ``out_dir``; returns the metrics dict.
+
+    ``progress=False`` silences every progress bar; each long stage (caching,
+    training, inference, evaluation) then prints one line when it starts and
+    one when it ends, with its time, so that a log shows where the time went.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(preset.train.seed)
     train_set = VOCDetection(voc_dir, train_split, train=True)
     eval_set = VOCDetection(voc_dir, eval_split)
-    loader = build_loader(train_set, preset.batch_size, cache=cache, device=device if cache else "cpu",
-                          seed=preset.train.seed, uint8=cache)
+    stage = _Stages(preset.detector, quiet=not progress)
+    with stage(f"loading {len(train_set)} {train_split} images" + (" into the cache" if cache else "")):
+        loader = build_loader(train_set, preset.batch_size, cache=cache, device=device if cache else "cpu",
+                              seed=preset.train.seed, uint8=cache, progress=progress)
     model = build_detector(preset)
     started = time.perf_counter()
-    state = train_detector(model, loader, preset.train, device=device, checkpoint_path=out_dir / "checkpoint.pt",
-                           resume=resume, model_config=asdict(preset), progress=progress)
+    with stage(f"training {preset.train.max_iters} iterations on {device}"):
+        state = train_detector(model, loader, preset.train, device=device, checkpoint_path=out_dir / "checkpoint.pt",
+                               resume=resume, model_config=asdict(preset), progress=progress)
     train_seconds = time.perf_counter() - started
     (out_dir / "loss_history.json").write_text(json.dumps(state.history))
     losses = {k: v for k, v in state.history.items() if k.startswith("loss") or k == "total"}
     _save(plot_loss_history(losses, title=f"{preset.detector} training losses"), out_dir / "loss_curve.png")
 
     started = time.perf_counter()
-    detections = predict_dataset(model, eval_set, score_thresh=preset.eval_score_thresh,
-                                 nms_thresh=preset.eval_nms_thresh, batch_size=preset.batch_size, device=device,
-                                 progress=progress)
+    with stage(f"inference on {len(eval_set)} {eval_split} images"):
+        detections = predict_dataset(model, eval_set, score_thresh=preset.eval_score_thresh,
+                                     nms_thresh=preset.eval_nms_thresh, batch_size=preset.batch_size, device=device,
+                                     progress=progress)
     infer_seconds = time.perf_counter() - started
     save_detections(out_dir / "detections.pt", eval_set.image_ids, detections)
     export_voc_results(out_dir / "voc_results", eval_set.image_ids, detections, VOC_CLASSES, split=eval_split)
-    ground_truths = [eval_set.ground_truth(i) for i in range(len(eval_set))]
-    result: VOCEvalResult = evaluate_detections(detections, ground_truths, num_classes=len(VOC_CLASSES),
-                                                class_names=VOC_CLASSES, use_07_metric=True)
-    all_point = evaluate_detections(detections, ground_truths, num_classes=len(VOC_CLASSES),
-                                    class_names=VOC_CLASSES, use_07_metric=False)
+    with stage("VOC evaluation and plots"):
+        ground_truths = [eval_set.ground_truth(i) for i in range(len(eval_set))]
+        result: VOCEvalResult = evaluate_detections(detections, ground_truths, num_classes=len(VOC_CLASSES),
+                                                    class_names=VOC_CLASSES, use_07_metric=True)
+        all_point = evaluate_detections(detections, ground_truths, num_classes=len(VOC_CLASSES),
+                                        class_names=VOC_CLASSES, use_07_metric=False)
     (out_dir / "ap_table.txt").write_text(result.table() + "\n")
     _save(plot_class_ap(result), out_dir / "class_ap.png")
     _save(plot_precision_recall(result), out_dir / "precision_recall.png")
@@ -162,6 +173,25 @@ def run_experiment(
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+class _Stages:
+    """``with stage("training"):`` prints "[fcos] training ..." and "[fcos] training: done in 12 s".
+
+    Only in quiet mode: with progress bars the bars already show each stage.
+    """
+
+    def __init__(self, name: str, quiet: bool):
+        self.name, self.quiet = name, quiet
+
+    @contextlib.contextmanager
+    def __call__(self, what: str):
+        started = time.perf_counter()
+        if self.quiet:
+            print(f"[{self.name}] {what} ...", flush=True)
+        yield
+        if self.quiet:
+            print(f"[{self.name}] {what}: done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _detections_figure(dataset: VOCDetection, detections, threshold: float, num: int) -> plt.Figure:

@@ -34,6 +34,7 @@ def build_loader(
     device: str | torch.device = "cpu",
     seed: int | None = None,
     uint8: bool = False,
+    progress: bool = True,
 ) -> Iterable[Batch]:
     """A loader yielding ``(image_ids, images, gt_boxes)`` batches.
 
@@ -50,7 +51,7 @@ def build_loader(
     shuffle = dataset.train if shuffle is None else shuffle
     drop_last = dataset.train if drop_last is None else drop_last
     if cache and isinstance(dataset, VOCDetection):
-        dataset = CachedVOC(dataset, device=device)
+        dataset = CachedVOC(dataset, device=device, progress=progress)
     if isinstance(dataset, CachedVOC):
         return CachedLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, uint8=uint8)
     if uint8:

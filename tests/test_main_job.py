@@ -28,7 +28,15 @@ def test_main_job_trains_evaluates_and_writes_everything(tmp_path, capsys):
     code = main(["main", "--iters", "2", "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress",
                  "--device", "cpu"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # --no-progress: no bar anywhere (tqdm writes "|...| n/N [..., x it/s]" to stderr), and each
+    # long stage says when it starts and ends instead.
+    assert "it/s" not in captured.err and "img/s" not in captured.err and "%|" not in captured.err, captured.err[-2000:]
+    for stage in ("loading 256 train images into the cache", "training 2 iterations", "inference on 96 val images",
+                  "VOC evaluation"):
+        assert f"[fcos] {stage}" in printed and f"[faster_rcnn] {stage}" in printed, stage
+    assert printed.count(": done in ") == 8
     assert (out / "samples.png").stat().st_size > 10_000
     for detector in ("fcos", "faster_rcnn"):
         for name in PER_DETECTOR:
