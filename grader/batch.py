@@ -51,15 +51,46 @@ def _existing(path: Path) -> GradeReport | None:
         return None
 
 
+#: Limits on one submission archive: total uncompressed bytes, members.
+MAX_ZIP_BYTES = 256 << 20
+MAX_ZIP_MEMBERS = 2000
+
+
 def _unzip(path: Path, into: Path) -> Path:
+    """Extract a submission archive safely: no member outside ``into``, no symbolic link
+    (it would make the grader read the file it points to), bounded size and count."""
+    import stat
+
     with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
+        members = archive.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise ValueError(f"{path.name}: {len(members)} members (the limit is {MAX_ZIP_MEMBERS})")
+        total = 0
+        for member in members:
             target = (into / member.filename).resolve()
             if into.resolve() not in target.parents and target != into.resolve():
                 raise ValueError(f"{path.name}: unsafe path {member.filename!r} in the archive")
-            if member.file_size > 200 << 20:
-                raise ValueError(f"{path.name}: {member.filename} is too large")
-        archive.extractall(into)
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise ValueError(f"{path.name}: {member.filename!r} is a symbolic link; submissions hold plain files only")
+            total += member.file_size
+            if member.file_size > 200 << 20 or total > MAX_ZIP_BYTES:
+                raise ValueError(f"{path.name}: the archive is larger than {MAX_ZIP_BYTES >> 20} MiB uncompressed")
+        into.mkdir(parents=True, exist_ok=True)
+        for member in members:
+            # Copy at most the declared size: a member whose header lies about its size stops there.
+            target = into / member.filename
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as source, open(target, "wb") as out:
+                remaining = member.file_size
+                while remaining > 0:
+                    chunk = source.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    remaining -= len(chunk)
     return into
 
 

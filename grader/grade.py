@@ -41,7 +41,7 @@ Progress = Callable[[CheckResult], None]
 def defined_names(source: str) -> set[str]:
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError, ValueError):  # e.g. a 20,000-term expression
         return set()
     names = set()
     for node in tree.body:
