@@ -847,7 +847,7 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
 
 def drop_privileges(run_as) -> None:
@@ -878,14 +878,20 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
             write_frame(result_fd, dumps({"ok": False, "stage": "setup", "error_type": "SandboxRefused",
                                           "error": f"could not drop root privileges ({error}); student code never runs as root"}))
             os._exit(71)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change (which clears it): dies with the zygote
         limits = dict(job.get("limits", {}))
         if not job.get("run_as"):
             limits.pop("nproc", None)  # the grader's own uid: its other processes would count too
         _apply_limits(limits, baseline_vm)
         workdir = job.get("workdir")
         if workdir:
-            os.makedirs(workdir, exist_ok=True)
-            os.chdir(workdir)
+            try:
+                os.makedirs(workdir, exist_ok=True)
+                os.chdir(workdir)
+            except OSError as error:  # the grader's fault (a scratch folder the uid cannot reach)
+                write_frame(result_fd, dumps({"ok": False, "stage": "setup", "error_type": "SandboxRefused",
+                                              "error": f"the sandbox's scratch folder is not usable: {error}"}))
+                os._exit(71)
         if job.get("lib_dir"):
             sys.path.insert(0, job["lib_dir"])
             for name in [n for n in sys.modules if n == "data_utils" or n.startswith("data_utils.")]:
@@ -1238,6 +1244,7 @@ def zygote_main(ctl_in: int, ctl_out: int) -> None:
     # not dumpable: processes of the same uid cannot open /proc/<zygote>/fd (the control pipes).
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_DUMPABLE, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the grader died (SIGKILL, a batch stopped): so does the sandbox
     import importlib
 
     import numpy  # noqa: F401

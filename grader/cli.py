@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", help="per-submission JSON reports (default: <out>_reports/)")
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default 1800)")
     b.add_argument("--functions", help="comma-separated functions to grade (default: all)")
+    b.add_argument("--force", action="store_true", help="regrade every submission (default: skip unchanged ones)")
 
     gs = sub.add_parser("gradescope-bundle", help="write the Gradescope autograder zip")
     gs.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
@@ -78,6 +79,11 @@ def cmd_grade(args) -> int:
     from grader.grade import grade_path
     from grader.report import console_table, gradescope_results, markdown_feedback
 
+    import signal
+
+    # SIGTERM (e.g. from `grader batch`) unwinds like Ctrl-C: the sandbox is closed and its
+    # scratch folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     progress = None
     if not args.quiet:
         def progress(result):  # noqa: ANN001
@@ -119,8 +125,14 @@ def cmd_batch(args) -> int:
         extra += ["--sandbox", args.sandbox]
     if args.functions:
         extra += ["--functions", args.functions]
-    rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
-                     extra_args=extra, timeout=args.timeout)
+    from grader.batch import BatchInterrupted
+
+    try:
+        rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
+                         extra_args=extra, timeout=args.timeout, force=args.force)
+    except BatchInterrupted as error:
+        print(error, file=sys.stderr)
+        return 130
     print(f"wrote {args.out} ({len(rows)} rows)")
     return 0
 

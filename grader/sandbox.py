@@ -13,11 +13,17 @@ Two isolation levels, chosen by :func:`detect_mode` (or forced with
 ``fallback`` (no bubblewrap, or it cannot create namespaces, e.g. in some
     containers)
     The same zygote without bubblewrap: resource limits, a scrubbed
-    environment, a scratch working directory, stdin from ``/dev/null`` and an
-    import hook refusing ``solutions``/``grader``.  Known limits, stated
-    plainly: the code runs as the grader's user, so it *can* read files the
-    grader can read (including the reference, by path), write where that user
-    can write and signal that user's processes; the network is not blocked.
+    environment, a scratch working directory (its total size watched), stdin
+    from ``/dev/null`` and an import hook refusing ``solutions``/``grader``.
+    Known limits, stated plainly: the code *can* read world-readable files
+    (the reference too, unless it is made unreadable to others, as the
+    Gradescope bundle does), write to the host's ``/tmp``, and use the network.
+
+Student code never runs as root: when the grader is root, each sandbox leases
+an unprivileged uid (:class:`UidLease`) and every child drops to it before the
+submission is loaded (the zygote stays root, so the children cannot signal or
+inspect it); all processes of that uid are killed after every check.  Without
+root the code runs as the grader's own (unprivileged) user.
     Results are still compared in the grader's process and decoded with
     ``torch.load(weights_only=True)``, so the score cannot be forged without
     the reference; use ``bwrap`` (or a container per submission) for a class.
@@ -132,6 +138,8 @@ class Outcome:
         if self.status == "output_limit":
             return f"output limit exceeded: your code printed more than {DEFAULT_LIMITS['output_hard_bytes'] >> 20} MiB"
         if self.status == "crashed":
+            if self.error and self.error != "the sandbox process died":
+                return self.error  # the zygote's reason (e.g. the disk limit)
             if self.error == "the sandbox process died":
                 return "the sandbox was killed while running your code (did it signal another process?)"
             if self.signal == signal.SIGXCPU:
@@ -288,6 +296,19 @@ def detect_mode(requested: str | None = None) -> tuple[str, str]:
 NOBODY = 65534
 
 
+def _readable_by_others(path: Path) -> bool:
+    """Whether a user with no special rights can reach ``path`` (every folder above it searchable)."""
+    import stat
+
+    try:
+        for folder in [*reversed(path.resolve().parents), path.resolve()]:
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return False
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
 class UidLease:
     """An unprivileged uid/gid reserved for one sandbox while the grader runs as root.
 
@@ -427,6 +448,9 @@ class Sandbox:
             who = f"student code ran as uid {self.lease.uid} (unprivileged, no account; its processes are killed after each check)"
         else:
             who = f"student code ran as the grader's user (uid {os.geteuid()}, not root)"
+        if self.lease is not None and self.mode == "fallback" and not _readable_by_others(Path(sys.base_prefix) / "lib"):
+            who += ("; the Python installation is not readable by that uid, so only the modules the sandbox "
+                    "preloads can be imported")
         if self.mode == "bwrap":
             space = f"/tmp and the scratch folder are tmpfs of {BWRAP_TMP_BYTES >> 20} and {BWRAP_SCRATCH_BYTES >> 20} MiB; only a few files of /etc are visible"
         else:
@@ -439,7 +463,10 @@ class Sandbox:
         if self.proc is not None and self.proc.poll() is None:
             return
         self._cleanup_process()
-        self.scratch = Path(tempfile.mkdtemp(prefix="grader-sandbox-"))
+        parent = None
+        if self.lease is not None and not _readable_by_others(Path(tempfile.gettempdir())):
+            parent = "/tmp"  # the children (another uid) must reach the scratch folder
+        self.scratch = Path(tempfile.mkdtemp(prefix="grader-sandbox-", dir=parent))
         os.chmod(self.scratch, 0o700)
         # The only package of this project submissions may import: data_utils,
         # reached through a directory that holds nothing else (whatever the
