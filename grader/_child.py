@@ -423,45 +423,15 @@ def _harness_classes():
             "fixed_rpn": FixedRPN, "fixed_classifier": FixedClassifier, "stub": Stub}
 
 
-def given_backbone_class():
-    """RegNetX-400MF + FPN used when the second assignment's submission does not
-    define ``DetectorBackboneWithFPN`` (it is the first assignment's, given)."""
-    import torch.nn.functional as F
-    from torch import nn
-    from torchvision import models
-
-    class DetectorBackboneWithFPN(nn.Module):
-        def __init__(self, out_channels, weights=None):
-            super().__init__()
-            self.out_channels = out_channels
-            trunk = models.regnet_x_400mf(weights=weights)
-            self.stem, out = trunk.stem, trunk.trunk_output
-            self.block1, self.block2, self.block3, self.block4 = out.block1, out.block2, out.block3, out.block4
-            widths = [[m for m in b.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-                      for b in (self.block2, self.block3, self.block4)]
-            self.fpn_params = nn.ModuleDict()
-            for width, level in zip(widths, ("p3", "p4", "p5")):
-                self.fpn_params[f"lateral_{level}"] = nn.Conv2d(width, out_channels, 1)
-                self.fpn_params[f"output_{level}"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-
-        @property
-        def fpn_strides(self):
-            return {"p3": 8, "p4": 16, "p5": 32}
-
-        def forward(self, images):
-            c3 = self.block2(self.block1(self.stem(images)))
-            c4 = self.block3(c3)
-            c5 = self.block4(c4)
-            top = {}
-            lat = self.fpn_params["lateral_p5"](c5)
-            top["p5"] = lat
-            lat = self.fpn_params["lateral_p4"](c4) + F.interpolate(lat, size=c4.shape[-2:], mode="nearest")
-            top["p4"] = lat
-            lat = self.fpn_params["lateral_p3"](c3) + F.interpolate(lat, size=c3.shape[-2:], mode="nearest")
-            top["p3"] = lat
-            return {k: self.fpn_params[f"output_{k}"](top[k]) for k in ("p3", "p4", "p5")}
-
-    return DetectorBackboneWithFPN
+def given_classes(sources: dict) -> dict:
+    """Classes the harness supplies (the second assignment's given backbone): their source
+    comes with the job from the grader (``grader/_given.py``, never shipped to students)."""
+    out = {}
+    for name, text in (sources or {}).items():
+        namespace: dict = {"__name__": "grader_given"}
+        exec(compile(text, "<given by the grader>", "exec"), namespace)
+        out[name] = namespace[name]
+    return out
 
 
 def materialize(obj, harness, ns=None):
@@ -918,9 +888,9 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
             oracle = Oracle(*oracle_fds)
             for name in job.get("oracle", []):
                 ns[name] = oracle.proxy(name)
-            for name in job.get("given_classes", []):
-                if name == "DetectorBackboneWithFPN" and name not in ns:
-                    ns[name] = given_backbone_class()
+            for name, cls in given_classes(job.get("given_sources") or {}).items():
+                if name not in ns:
+                    ns[name] = cls
             record = run_procedure(ns, job["spec"])
             if job["spec"].get("op") == "load" and record.get("ok"):
                 record["value"]["warnings"] = load_warnings

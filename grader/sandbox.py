@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from grader import _child
+from grader import _child, _given
 
 CHILD_SOURCE_PATH = Path(_child.__file__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -628,7 +628,7 @@ class Sandbox:
                 if attempt == 1:
                     raise SandboxError(str(error)) from None
         job = {"source": source, "spec": spec, "limits": limits, "oracle": list(oracle or []),
-               "given_classes": list(given_classes or []), "threads": int(limits.get("threads", self.threads)), "scratch": str(self.scratch),
+               "given_sources": _given.given_sources(given_classes or []), "threads": int(limits.get("threads", self.threads)), "scratch": str(self.scratch),
                "lib_dir": str(self.lib_dir),
                "run_as": [self.lease.uid, self.lease.gid] if self.lease is not None else None}
         try:
