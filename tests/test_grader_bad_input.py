@@ -19,7 +19,7 @@ from grader.grade import grade_path, grade_source
 from grader.notebook import SubmissionError, extract_submission
 from grader.rubric import load_rubric
 from grader.source import reference_source
-from tests.grader_zoo.zoo import notebook_from_source, replace_def, write_notebook
+from tests.grader_zoo.zoo import notebook_from_source, write_notebook
 
 FAST = copy.deepcopy(load_rubric())
 FAST["limits"]["check"].update(wall_seconds=15.0, load_seconds=15.0, cpu_seconds=60.0)

@@ -21,7 +21,6 @@ from grader import _child
 from grader.grade import grade_source
 from grader.rubric import load_rubric
 from grader.sandbox import Outcome, ProtocolError, Sandbox, probe_bwrap
-from grader.source import reference_source
 from tests.grader_zoo.zoo_sandbox import HONEST, ONE, TARGET, SandboxEntry, sandbox_entries
 
 pytestmark = pytest.mark.slow

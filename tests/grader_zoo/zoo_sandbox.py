@@ -20,7 +20,7 @@ from grader.source import reference_source
 from tests.grader_zoo.zoo import body_prefix
 
 TARGET = "class_spec_nms"
-HONEST = "get_fpn_location_coords"  # checked alongside: must keep its points
+HONEST = "get_fpn_location_coords"  # graded alongside: must keep its points
 ONE = "one_stage"
 #: Marker in the command line of a daemon that must not outlive the check.
 DAEMON_MARK = "977.25"
@@ -152,11 +152,9 @@ def _no_secret_in_report(report, context) -> None:
 
 
 def _no_daemon_left(report, context) -> None:
-    from grader.sandbox import processes_of_uid  # noqa: F401 - imported for its /proc reading
-
-    left = []
     import os
 
+    left = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
