@@ -4,7 +4,7 @@
         [--json out.json] [--gradescope results.json] [--feedback feedback.md]
         [--weights trained.pt] [--voc-root DIR] [--retrain]
         [--no-overfit] [--no-map] [--functions a,b] [--sandbox auto|bwrap|fallback]
-    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR]
+    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR] [--force]
     python -m grader gradescope-bundle --assignment A --out bundle.zip
     python -m grader export-sanity ASSIGNMENT [--out FILE]
     python -m grader sandbox-info
