@@ -167,8 +167,12 @@ def grade_source(
             else:
                 from grader.notebook import relabel_lines
 
-                for warning in (probe.value or {}).get("warnings", []):
-                    report.notes.append(relabel_lines(str(warning), source))
+                # What the child returns is untrusted: only strings, few and short.
+                value = probe.value if isinstance(probe.value, dict) else {}
+                warnings = value.get("warnings") if isinstance(value.get("warnings"), list) else []
+                for warning in warnings[:50]:
+                    if isinstance(warning, str):
+                        report.notes.append(relabel_lines(warning[:500], source))
         if not only_overfit:
             _grade_functions(report, sandbox, source, assignment, wanted, defined, broken, rubric, load_failure, progress)
         if include_overfit:
