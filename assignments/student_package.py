@@ -24,17 +24,23 @@ assignment folder.  Instructors may also publish it and set
 
 :func:`wheel_problems` proves what is inside: only ``data_utils/`` and the
 metadata, no line of a reference body, no ``### BEGIN SOLUTION`` marker, no
-module-level import of ``solutions``, and no grader module outside
-:data:`STUDENT_GRADER_MODULES`.
+module-level import of ``solutions``, no grader module outside
+:data:`STUDENT_GRADER_MODULES`, no definition (at any depth) named like a
+graded function or class, and no definition equal to a reference one after
+names and literals are normalised (:func:`definition_problems`).  The given
+backbone the grader supplies to the second assignment lives in
+``grader/_given.py``, which students do not get.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import re
 import tomllib
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 from assignments.extract import BEGIN_SOLUTION, ROOT
@@ -131,6 +137,84 @@ def wheel_problems(path: Path) -> list[str]:
             leaked = sorted({line.strip() for line in text.splitlines()} & reference)
             if leaked:
                 problems.append(f"{name}: holds reference lines, e.g. {leaked[0]!r}")
+            problems += [f"{name}: {problem}" for problem in definition_problems(text)]
+    return problems
+
+
+#: Definitions smaller than this (AST nodes) are too generic to compare (``return x``).
+MIN_COMPARED_NODES = 40
+
+
+class _Normalise(ast.NodeTransformer):
+    """Names, arguments, attributes' owners and literals replaced by placeholders: two
+    definitions that differ only in spelling and constants dump the same."""
+
+    def visit_Name(self, node):
+        return ast.copy_location(ast.Name(id="_", ctx=node.ctx), node)
+
+    def visit_arg(self, node):
+        return ast.copy_location(ast.arg(arg="_", annotation=None), node)
+
+    def visit_Constant(self, node):
+        return ast.copy_location(ast.Constant(value=0), node)
+
+    def _named(self, node):
+        self.generic_visit(node)
+        node.name = "_"
+        node.decorator_list = []
+        if hasattr(node, "returns"):
+            node.returns = None
+        if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
+            node.body = node.body[1:] or [ast.Pass()]  # the docstring
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _named
+
+
+def normalised_dump(node: ast.AST) -> str:
+    import copy
+
+    return ast.dump(_Normalise().visit(copy.deepcopy(node)), annotate_fields=False)
+
+
+def _definitions(tree: ast.AST):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+@lru_cache(maxsize=1)
+def graded_names() -> frozenset[str]:
+    """Every function and class a student writes, in either assignment."""
+    from grader.functions import STUDENT_FUNCTIONS
+
+    return frozenset(name for names in STUDENT_FUNCTIONS.values() for name in names)
+
+
+@lru_cache(maxsize=1)
+def reference_dumps() -> frozenset[str]:
+    """Normalised dumps of every definition in ``solutions/`` big enough to be an answer."""
+    from assignments.extract import _module_path, all_solution_modules
+
+    dumps = set()
+    for module in all_solution_modules():
+        for node in _definitions(ast.parse(_module_path(module).read_text())):
+            if sum(1 for _ in ast.walk(node)) >= MIN_COMPARED_NODES:
+                dumps.add(normalised_dump(node))
+    return frozenset(dumps)
+
+
+def definition_problems(text: str) -> list[str]:
+    """A definition (at any depth) named like a graded function or class, or one whose
+    normalised AST equals a reference definition's: a working answer in another form."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as error:
+        return [f"does not parse ({error.msg})"]
+    problems = []
+    for node in _definitions(tree):
+        if node.name in graded_names():
+            problems.append(f"defines {node.name!r} (line {node.lineno}), the name of a graded answer")
+        elif sum(1 for _ in ast.walk(node)) >= MIN_COMPARED_NODES and normalised_dump(node) in reference_dumps():
+            problems.append(f"{node.name!r} (line {node.lineno}) is a reference definition with names and literals changed")
     return problems
 
 

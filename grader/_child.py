@@ -100,6 +100,54 @@ class BadReturn(TypeError):
     """A submission returned something that is not plain data."""
 
 
+class Unbounded(ValueError):
+    """A decoded message is too deep, too large or expands too much through shared references."""
+
+
+def check_bounded(obj, max_depth: int = 32, max_nodes: int = 1_000_000, max_bytes: int = 2 << 30) -> None:
+    """Raise :class:`Unbounded` unless ``obj`` (decoded from untrusted bytes) is a small tree.
+
+    Every container and tensor is counted each time it is reached, so a
+    structure sharing references (a 2 KB pickle of a list holding the same
+    list twice, 48 levels deep, has 2^48 paths) fails after ``max_nodes``
+    steps instead of expanding when the grader walks it; tensors count their
+    bytes at every visit.  Iterative: a deep structure cannot overflow the stack.
+    """
+    import torch
+
+    nodes, nbytes = 0, 0
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise Unbounded(f"more than {max_nodes} elements")
+        if depth > max_depth:
+            raise Unbounded(f"nested deeper than {max_depth} levels")
+        if isinstance(item, torch.Tensor):
+            nbytes += item.element_size() * item.numel()
+            if nbytes > max_bytes:
+                raise Unbounded(f"more than {max_bytes >> 20} MiB of tensors")
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((k, depth + 1) for k in item.keys())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and len(item) > max_bytes:
+            raise Unbounded("a string too long")
+
+
+def safe_text(error: BaseException, limit: int = 500) -> str:
+    """``str(error)`` truncated to ``limit`` characters; never raises (a hostile ``__str__``)."""
+    try:
+        text = str(error)
+    except BaseException:  # noqa: BLE001
+        return f"<{type(error).__name__} that cannot be printed>"
+    if not isinstance(text, str):
+        return ""
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def to_plain(obj, devices: list | None = None, _depth: int = 0):
     """Copy ``obj`` into plain tensors (on the CPU) and containers.
 
@@ -375,45 +423,15 @@ def _harness_classes():
             "fixed_rpn": FixedRPN, "fixed_classifier": FixedClassifier, "stub": Stub}
 
 
-def given_backbone_class():
-    """RegNetX-400MF + FPN used when the second assignment's submission does not
-    define ``DetectorBackboneWithFPN`` (it is the first assignment's, given)."""
-    import torch.nn.functional as F
-    from torch import nn
-    from torchvision import models
-
-    class DetectorBackboneWithFPN(nn.Module):
-        def __init__(self, out_channels, weights=None):
-            super().__init__()
-            self.out_channels = out_channels
-            trunk = models.regnet_x_400mf(weights=weights)
-            self.stem, out = trunk.stem, trunk.trunk_output
-            self.block1, self.block2, self.block3, self.block4 = out.block1, out.block2, out.block3, out.block4
-            widths = [[m for m in b.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-                      for b in (self.block2, self.block3, self.block4)]
-            self.fpn_params = nn.ModuleDict()
-            for width, level in zip(widths, ("p3", "p4", "p5")):
-                self.fpn_params[f"lateral_{level}"] = nn.Conv2d(width, out_channels, 1)
-                self.fpn_params[f"output_{level}"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-
-        @property
-        def fpn_strides(self):
-            return {"p3": 8, "p4": 16, "p5": 32}
-
-        def forward(self, images):
-            c3 = self.block2(self.block1(self.stem(images)))
-            c4 = self.block3(c3)
-            c5 = self.block4(c4)
-            top = {}
-            lat = self.fpn_params["lateral_p5"](c5)
-            top["p5"] = lat
-            lat = self.fpn_params["lateral_p4"](c4) + F.interpolate(lat, size=c4.shape[-2:], mode="nearest")
-            top["p4"] = lat
-            lat = self.fpn_params["lateral_p3"](c3) + F.interpolate(lat, size=c3.shape[-2:], mode="nearest")
-            top["p3"] = lat
-            return {k: self.fpn_params[f"output_{k}"](top[k]) for k in ("p3", "p4", "p5")}
-
-    return DetectorBackboneWithFPN
+def given_classes(sources: dict) -> dict:
+    """Classes the harness supplies (the second assignment's given backbone): their source
+    comes with the job from the grader (``grader/_given.py``, never shipped to students)."""
+    out = {}
+    for name, text in (sources or {}).items():
+        namespace: dict = {"__name__": "grader_given"}
+        exec(compile(text, "<given by the grader>", "exec"), namespace)
+        out[name] = namespace[name]
+    return out
 
 
 def materialize(obj, harness, ns=None):
@@ -789,16 +807,61 @@ def _apply_limits(limits: dict, baseline_vm: int) -> None:
         setlimit(resource.RLIMIT_NPROC, limits["nproc"])
 
 
+def _prctl(option: int, value: int) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except Exception:  # noqa: BLE001 - not Linux, or no libc
+        return False
+
+
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+
+
+def drop_privileges(run_as) -> None:
+    """Become the unprivileged ``run_as = [uid, gid]`` (all of real/effective/saved ids, no
+    supplementary groups, no capabilities), and never gain privileges again (no set-uid
+    programs).  Raises ``PermissionError`` if any id is still privileged afterwards."""
+    if run_as:
+        uid, gid = int(run_as[0]), int(run_as[1])
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+            raise PermissionError("the ids did not change")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if 0 in os.getresuid():
+        raise PermissionError("student code would run as root")
+
+
 def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
     """Body of the forked child; never returns."""
     status = 0
     try:
         os.setpgid(0, 0)
-        _apply_limits(job.get("limits", {}), baseline_vm)
+        try:
+            drop_privileges(job.get("run_as"))
+        except OSError as error:
+            # Refuse rather than run the submission with the grader's privileges.
+            write_frame(result_fd, dumps({"ok": False, "stage": "setup", "error_type": "SandboxRefused",
+                                          "error": f"could not drop root privileges ({error}); student code never runs as root"}))
+            os._exit(71)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change (which clears it): dies with the zygote
+        limits = dict(job.get("limits", {}))
+        if not job.get("run_as"):
+            limits.pop("nproc", None)  # the grader's own uid: its other processes would count too
+        _apply_limits(limits, baseline_vm)
         workdir = job.get("workdir")
         if workdir:
-            os.makedirs(workdir, exist_ok=True)
-            os.chdir(workdir)
+            try:
+                os.makedirs(workdir, exist_ok=True)
+                os.chdir(workdir)
+            except OSError as error:  # the grader's fault (a scratch folder the uid cannot reach)
+                write_frame(result_fd, dumps({"ok": False, "stage": "setup", "error_type": "SandboxRefused",
+                                              "error": f"the sandbox's scratch folder is not usable: {error}"}))
+                os._exit(71)
         if job.get("lib_dir"):
             sys.path.insert(0, job["lib_dir"])
             for name in [n for n in sys.modules if n == "data_utils" or n.startswith("data_utils.")]:
@@ -825,9 +888,9 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
             oracle = Oracle(*oracle_fds)
             for name in job.get("oracle", []):
                 ns[name] = oracle.proxy(name)
-            for name in job.get("given_classes", []):
-                if name == "DetectorBackboneWithFPN" and name not in ns:
-                    ns[name] = given_backbone_class()
+            for name, cls in given_classes(job.get("given_sources") or {}).items():
+                if name not in ns:
+                    ns[name] = cls
             record = run_procedure(ns, job["spec"])
             if job["spec"].get("op") == "load" and record.get("ok"):
                 record["value"]["warnings"] = load_warnings
@@ -895,6 +958,96 @@ class _FrameBuffer:
         return frames
 
 
+def _tree_bytes(folder: str, skip: str | None = None, max_entries: int = 20000) -> int:
+    """Disk blocks used below ``folder`` (iterative; a folder with more entries counts as full)."""
+    total, entries, stack = 0, 0, [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    entries += 1
+                    if entries > max_entries:
+                        return 1 << 62
+                    if skip is not None and entry.path == skip:
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += info.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
+
+
+def _clear_scratch(scratch: str | None, keep: str | None) -> None:
+    """Remove what a job left in the scratch folder (the next job starts empty)."""
+    import shutil
+
+    if not scratch:
+        return
+    try:
+        entries = list(os.scandir(scratch))
+    except OSError:
+        return
+    for entry in entries:
+        if keep is not None and entry.path == keep:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def kill_descendants(rounds: int = 50) -> None:
+    """SIGKILL every process below this one and reap it.
+
+    The zygote is a child subreaper, so a daemon that left its process group
+    and session (``setsid()`` and a double fork) is still reparented here and
+    found; repeated because a process may fork while we look."""
+    me = os.getpid()
+    for _ in range(rounds):
+        parents: dict[int, int] = {}
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        below, frontier = set(), {me}
+        while frontier:
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in below}
+            below |= frontier
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:  # reap (children of a subreaper)
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done == 0:
+                break
+        if not below:
+            return
+        time.sleep(0.01)
+
+
 def run_job(job: dict, ctl_in: int, ctl_out: int, baseline_vm: int, counter: int) -> None:
     limits = job.get("limits", {})
     out_r, out_w = os.pipe()
@@ -934,6 +1087,12 @@ def run_job(job: dict, ctl_in: int, ctl_out: int, baseline_vm: int, counter: int
     exited, exit_status = False, None
     deadline = started + wall
     oracle_seconds = 0.0
+    # Oracle answers are computed by the grader; their time is added to the deadline only up to
+    # this budget (a loop of oracle calls must still end).
+    oracle_budget = float(limits.get("oracle_seconds", 30.0))
+    scratch_cap = limits.get("scratch_bytes")
+    keep = job.get("lib_dir")
+    next_disk_check = started
     while True:
         if not exited:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -960,10 +1119,16 @@ def run_job(job: dict, ctl_in: int, ctl_out: int, baseline_vm: int, counter: int
                     pass
             break
         now = time.monotonic()
-        if now > deadline + oracle_seconds:
+        extended = deadline + min(oracle_seconds, oracle_budget)
+        if now > extended:
             reason = "timeout"
             break
-        readable, _, _ = select.select(list(open_fds), [], [], min(0.05, max(0.0, deadline + oracle_seconds - now)))
+        if scratch_cap and now >= next_disk_check and job.get("scratch"):
+            next_disk_check = now + 0.1
+            if _tree_bytes(job["scratch"], skip=keep) > int(scratch_cap):
+                reason = "disk_limit"
+                break
+        readable, _, _ = select.select(list(open_fds), [], [], min(0.05, max(0.0, extended - now)))
         for fd in readable:
             try:
                 chunk = os.read(fd, 1 << 20)
@@ -1006,6 +1171,10 @@ def run_job(job: dict, ctl_in: int, ctl_out: int, baseline_vm: int, counter: int
         os.killpg(pid, signal.SIGKILL)  # grandchildren left behind
     except OSError:
         pass
+    kill_descendants()  # and those that left the process group or session
+    if not reason and scratch_cap and job.get("scratch") and _tree_bytes(job["scratch"], skip=keep) > int(scratch_cap):
+        reason = "disk_limit"
+    _clear_scratch(job.get("scratch"), keep)
     for fd in (out_r, res_r, orq_r, orp_w):
         try:
             os.close(fd)
@@ -1029,8 +1198,25 @@ def run_job(job: dict, ctl_in: int, ctl_out: int, baseline_vm: int, counter: int
     _send_header(ctl_out, header, payload if payload is not None else b"")
 
 
+#: Modules imported once by the zygote: where the children run as another uid than the one
+#: that installed Python, these stay importable even if the installation is not readable.
+PRELOAD = ("copy", "random", "itertools", "functools", "collections", "collections.abc", "typing", "dataclasses",
+           "statistics", "heapq", "bisect", "operator", "re", "json", "warnings", "contextlib", "numbers", "fractions",
+           "decimal", "string", "textwrap", "abc", "enum", "pathlib", "shutil", "tempfile", "pickle", "array", "queue",
+           "glob", "fnmatch", "csv", "ctypes", "resource", "pprint", "inspect", "types", "weakref", "traceback", "linecache",
+           "ast", "__future__", "torch.nn.init", "torch.nn.functional", "torch.optim", "torch.utils.data",
+           "torchvision.models", "torchvision.ops.boxes", "torchvision.transforms", "numpy.linalg", "numpy.random")
+
+
 def zygote_main(ctl_in: int, ctl_out: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Orphans of a check (a setsid() daemon) are reparented here and killed after the check;
+    # not dumpable: processes of the same uid cannot open /proc/<zygote>/fd (the control pipes).
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_DUMPABLE, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the grader died (SIGKILL, a batch stopped): so does the sandbox
+    import importlib
+
     import numpy  # noqa: F401
     import torch
     import torchvision  # noqa: F401
@@ -1043,6 +1229,11 @@ def zygote_main(ctl_in: int, ctl_out: int) -> None:
         import matplotlib.pyplot  # noqa: F401
     except Exception:  # noqa: BLE001 - optional
         pass
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - optional
+            pass
     torch.set_num_threads(1)
     baseline = _vm_size()
     _send_header(ctl_out, {"type": "ready", "vm_size": baseline, "pid": os.getpid(), "torch": torch.__version__})

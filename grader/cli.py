@@ -4,7 +4,7 @@
         [--json out.json] [--gradescope results.json] [--feedback feedback.md]
         [--weights trained.pt] [--voc-root DIR] [--retrain]
         [--no-overfit] [--no-map] [--functions a,b] [--sandbox auto|bwrap|fallback]
-    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR]
+    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR] [--force]
     python -m grader gradescope-bundle --assignment A --out bundle.zip
     python -m grader export-sanity ASSIGNMENT [--out FILE]
     python -m grader sandbox-info
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", help="per-submission JSON reports (default: <out>_reports/)")
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default 1800)")
     b.add_argument("--functions", help="comma-separated functions to grade (default: all)")
+    b.add_argument("--force", action="store_true", help="regrade every submission (default: skip unchanged ones)")
 
     gs = sub.add_parser("gradescope-bundle", help="write the Gradescope autograder zip")
     gs.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
@@ -81,6 +82,11 @@ def cmd_grade(args) -> int:
     from grader.grade import grade_path
     from grader.report import console_table, gradescope_results, markdown_feedback
 
+    import signal
+
+    # SIGTERM (e.g. from `grader batch`) unwinds like Ctrl-C: the sandbox is closed and its
+    # scratch folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     progress = None
     if not args.quiet:
         def progress(result):  # noqa: ANN001
@@ -122,11 +128,15 @@ def cmd_batch(args) -> int:
         extra += ["--sandbox", args.sandbox]
     if args.functions:
         extra += ["--functions", args.functions]
+    from grader.batch import BatchInterrupted
     from grader.grade import EXIT_CANNOT_GRADE, GraderInfrastructureError
 
     try:
         rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
-                         extra_args=extra, timeout=args.timeout)
+                         extra_args=extra, timeout=args.timeout, force=args.force)
+    except BatchInterrupted as error:
+        print(error, file=sys.stderr)
+        return 130
     except GraderInfrastructureError as error:
         print(f"grader error: {error}\nThe batch stopped; submissions graded so far are in {args.out}; "
               "rerun the same command once the problem is fixed (graded ones are skipped).", file=sys.stderr)

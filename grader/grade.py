@@ -71,7 +71,7 @@ def check_sandbox_works(sandbox: Sandbox) -> None:
 def defined_names(source: str) -> set[str]:
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError, ValueError):  # e.g. a 20,000-term expression
         return set()
     names = set()
     for node in tree.body:
@@ -247,8 +247,12 @@ def grade_source(
             else:
                 from grader.notebook import relabel_lines
 
-                for warning in (probe.value or {}).get("warnings", []):
-                    report.notes.append(relabel_lines(str(warning), source))
+                # What the child returns is untrusted: only strings, few and short.
+                value = probe.value if isinstance(probe.value, dict) else {}
+                warnings = value.get("warnings") if isinstance(value.get("warnings"), list) else []
+                for warning in warnings[:50]:
+                    if isinstance(warning, str):
+                        report.notes.append(relabel_lines(warning[:500], source))
         if not only_overfit:
             _grade_functions(report, sandbox, source, assignment, wanted, defined, broken, rubric, load_failure, progress)
         if include_overfit:

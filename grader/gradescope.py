@@ -17,10 +17,11 @@ and ``source/``: this project's ``grader``, ``solutions``, ``data_utils``,
   (its sandbox does not work, it crashed), it writes no results.json and
   exits non-zero: Gradescope shows the run as failed rather than a zero.
 
-Isolation on Gradescope: bubblewrap needs user namespaces, which Gradescope's
-containers may not allow; the grader then falls back and, running as root,
-executes the student's code as user ``nobody`` after ``run_autograder`` made
-the reference and grader directories unreadable to other users.
+Isolation on Gradescope: bubblewrap may not be able to create namespaces in
+Gradescope's containers; the grader then falls back and, running as root,
+executes the student's code as an unprivileged uid of its own (see
+:class:`grader.sandbox.UidLease`) after ``run_autograder`` made the reference
+and grader directories unreadable to other users.
 
 ``AUTOGRADER_ROOT`` (default ``/autograder``) and ``GRADER_PYTHON`` let the
 tests run the bundle in a temporary folder with the project's interpreter.
@@ -68,7 +69,7 @@ PY="${GRADER_PYTHON:-$ROOT/venv/bin/python}"
 ASSIGNMENT="$(cat "$ROOT/source/ASSIGNMENT")"
 export COURSE_DATA="${COURSE_DATA:-$ROOT/data}"
 mkdir -p "$ROOT/results"
-# Without bubblewrap the student's code runs as 'nobody': keep the reference away from it.
+# Student code runs as an unprivileged uid (never root): keep the reference away from it.
 if [ "$(id -u)" = 0 ]; then chmod -R go-rwx "$ROOT/source/solutions" "$ROOT/source/grader" 2>/dev/null || true; fi
 ARGS=()
 WEIGHTS="$(find "$ROOT/submission" -maxdepth 2 -name '*.pt' -print -quit 2>/dev/null)"

@@ -100,12 +100,37 @@ def _keep(node: ast.stmt, strict: bool = False) -> tuple[bool, str | None]:
         return True, None
     if not strict and isinstance(node, (ast.If, ast.Try, ast.Global)):
         return True, None
+    if strict and isinstance(node, (ast.If, ast.Try)):
+        # A definition inside an ``if``/``try`` (``if torch.cuda.is_available(): ...``): kept when
+        # everything inside would be kept on its own.
+        inner = list(node.body) + list(node.orelse) + list(getattr(node, "finalbody", []))
+        for handler in getattr(node, "handlers", []):
+            inner += handler.body
+        return all(isinstance(n, ast.Pass) or _keep(n, strict)[0] for n in inner), None
     return False, None
+
+
+def _is_import(node: ast.stmt) -> bool:
+    return isinstance(node, (ast.Import, ast.ImportFrom))
+
+
+def _top_level_statements(tree: ast.Module):
+    """Statements that run at module level: the body and, recursively, the bodies of
+    top-level ``if``/``try``/``with``/loops (a definition inside an ``if`` is a definition)."""
+    stack = list(reversed(tree.body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try, getattr(ast, "TryStar", ast.Try))):
+            children = list(node.body) + list(getattr(node, "orelse", [])) + list(getattr(node, "finalbody", []))
+            for handler in getattr(node, "handlers", []):
+                children += handler.body
+            stack.extend(reversed(children))
 
 
 def _defined_names(tree: ast.Module) -> set[str]:
     names = set()
-    for node in tree.body:
+    for node in _top_level_statements(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
@@ -129,17 +154,89 @@ def _top_level_chunks(source: str) -> list[tuple[int, str]]:
     return chunks
 
 
-def clean_source(source: str, label: str, notes: list[str], broken: dict[str, str], strict: bool = False) -> tuple[str, set[str]]:
-    """Keep the definitions of one cell/file (see module docstring); line numbers are preserved."""
+#: What ``ast.parse`` raises on text it cannot turn into a tree: syntax errors, code nested
+#: too deeply (a 20,000-term expression: RecursionError), null bytes (ValueError).
+PARSE_ERRORS = (SyntaxError, RecursionError, MemoryError, ValueError)
+
+
+def _parse(text: str) -> ast.Module:
+    """``ast.parse`` that raises only ``SyntaxError`` (with a message saying why)."""
+    try:
+        return ast.parse(text)
+    except SyntaxError:
+        raise
+    except (RecursionError, MemoryError) as error:
+        raise SyntaxError(f"too deeply nested or too long to parse ({type(error).__name__})") from None
+    except ValueError as error:
+        raise SyntaxError(f"cannot be parsed ({str(error)[:100]})") from None
+
+
+#: Methods that change their receiver in place (``TABLE.append(x)`` fills ``TABLE``).
+MUTATING_METHODS = {"append", "extend", "insert", "update", "setdefault", "add", "__setitem__", "copy_", "fill_", "zero_"}
+
+
+def _written_names(node: ast.AST) -> set[str]:
+    """Names a statement binds or changes: assignment targets, the base of ``X[k] = ...``
+    and ``X.a = ...``, and receivers of in-place methods (``X.append``)."""
+    names = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            names.add(n.id)
+        elif isinstance(n, (ast.Subscript, ast.Attribute)) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            base = n.value
+            while isinstance(base, (ast.Subscript, ast.Attribute)):
+                base = base.value
+            if isinstance(base, ast.Name):
+                names.add(base.id)
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in MUTATING_METHODS \
+                and isinstance(n.func.value, ast.Name):
+            names.add(n.func.value.id)
+    return names
+
+
+def module_names_used_by_functions(source: str) -> set[str]:
+    """Global names that functions and classes of ``source`` read (their free, non-local
+    variables), minus builtins: a top-level statement touching one of them matters."""
+    import builtins
+    import symtable
+
+    try:
+        table = symtable.symtable(source, "<submission>", "exec")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return set()
+    used: set[str] = set()
+    bound_by_definitions = {symbol.get_name() for symbol in table.get_symbols()
+                            if symbol.is_imported() or symbol.is_namespace()}
+    stack = list(table.get_children())
+    while stack:
+        child = stack.pop()
+        stack.extend(child.get_children())
+        for symbol in child.get_symbols():
+            if symbol.is_global() and symbol.is_referenced():
+                used.add(symbol.get_name())
+    return used - bound_by_definitions - set(dir(builtins))
+
+
+def clean_source(source: str, label: str, notes: list[str], broken: dict[str, str], strict: bool = False,
+                 relevant: set[str] | None = None, notify: bool = True) -> tuple[str, set[str]]:
+    """Keep the definitions of one cell/file (see module docstring); line numbers are preserved.
+
+    ``relevant``: global names the submission's functions read.  A statement
+    the rules would drop (a loop, a computed value) that touches one of them is
+    kept in a solution cell (``strict=False``: the student meant it, e.g. a loop
+    filling a lookup table) and, elsewhere, noted (``notify``; not for the
+    notebook's given cells): the student is told it does not run at grading
+    time, instead of losing the points silently.
+    """
     python = _ipython_to_python(source)
     try:
-        tree = ast.parse(python)
+        tree = _parse(python)
         pieces = [(0, python, tree)]
     except SyntaxError as error:
         pieces = []
         for offset, chunk in _top_level_chunks(python):
             try:
-                pieces.append((offset, chunk, ast.parse(chunk)))
+                pieces.append((offset, chunk, _parse(chunk)))
             except SyntaxError as chunk_error:
                 match = re.match(r"\s*(?:@.*\n\s*)*(?:async\s+)?(?:def|class)\s+([A-Za-z_][A-Za-z0-9_]*)", chunk)
                 name = match.group(1) if match else None
@@ -155,42 +252,143 @@ def clean_source(source: str, label: str, notes: list[str], broken: dict[str, st
     defined: set[str] = set()
     for offset, chunk, tree in pieces:
         chunk_lines = chunk.splitlines()
+        kept_nodes = []
         for node in tree.body:
             keep, note = _keep(node, strict)
             if note:
                 notes.append(f"{label}: {note}")
+            if not keep and relevant and note is None and not _is_import(node):
+                touched = sorted(_written_names(node) & relevant)
+                if touched and not strict:
+                    keep = True  # e.g. a loop filling a table the functions read
+                elif touched and notify:
+                    notes.append(f"{label}, line {offset + node.lineno}: this statement sets {', '.join(touched[:5])}, "
+                                 "which your functions read, but it does not run at grading time (only definitions, "
+                                 "imports and constants of cells other than solution cells do): move it into a solution "
+                                 "cell or into the function")
             if not keep:
                 continue
+            kept_nodes.append(node)
             start = node.lineno - 1
             if getattr(node, "decorator_list", None):
                 start = min(d.lineno for d in node.decorator_list) - 1
             for i in range(start, node.end_lineno):
                 if offset + i < len(kept_lines):
                     kept_lines[offset + i] = chunk_lines[i] if i < len(chunk_lines) else ""
-        defined |= _defined_names(tree)
+        defined |= _defined_names(ast.Module(body=kept_nodes, type_ignores=[]))
     return "\n".join(kept_lines), defined
 
 
 def _defines_something(source: str) -> bool:
     """Whether a cell defines a function or class at the top level (tolerates syntax errors)."""
     try:
-        tree = ast.parse(_ipython_to_python(source))
+        tree = _parse(_ipython_to_python(source))
     except SyntaxError:
         return bool(re.search(r"^(async\s+)?(def|class)\s", source, flags=re.M))
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in tree.body)
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in _top_level_statements(tree))
+
+
+def _nbgrader_meta(cell: dict) -> dict:
+    """A cell's ``metadata.nbgrader`` (``{}`` when missing or not an object)."""
+    meta = cell.get("metadata")
+    meta = meta.get("nbgrader") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _cell_text(cell: dict) -> str | None:
+    """A cell's source as text, or None when it is neither a string nor a list of strings."""
+    source = cell.get("source", "")
+    if isinstance(source, str):
+        return source
+    if isinstance(source, list) and all(isinstance(line, str) for line in source):
+        return "".join(source)
+    return None
 
 
 def _is_test_cell(cell) -> bool:
-    meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
+    meta = _nbgrader_meta(cell)
     if meta.get("grade") and not meta.get("solution"):
         return True
-    source = cell.get("source", "")
-    source = "".join(source) if isinstance(source, list) else source
+    source = _cell_text(cell) or ""
     return any(marker in source for marker in TEST_MARKERS)
 
 
-def _read_notebook(path: Path) -> dict:
-    raw = path.read_bytes()
+#: Largest submission file read (a notebook with its outputs).
+MAX_FILE_BYTES = 64 << 20
+#: Most entries a submission folder may hold.
+MAX_FOLDER_ENTRIES = 5000
+
+
+def read_submission_file(path: Path) -> bytes:
+    """The bytes of a regular file of a submission, never through a symbolic link.
+
+    ``O_NOFOLLOW`` refuses a link in the last component (a link elsewhere was
+    refused by :func:`refuse_symlinks`); a FIFO or device is refused too, and
+    the size is capped."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        if os.path.islink(path):
+            raise SubmissionError(f"{path.name} is a symbolic link: submissions must be plain files") from None
+        raise SubmissionError(f"{path.name} cannot be read ({error.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SubmissionError(f"{path.name} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise SubmissionError(f"{path.name} is {info.st_size >> 20} MiB; the limit is {MAX_FILE_BYTES >> 20} MiB "
+                                  "(clear the notebook's outputs and save it again)")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise SubmissionError(f"{path.name} is larger than {MAX_FILE_BYTES >> 20} MiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def refuse_symlinks(path: Path) -> None:
+    """Raise :class:`SubmissionError` if ``path`` or anything below it is a symbolic link.
+
+    A link would make the trusted grader read (and grade) whatever it points
+    to: the instructor's source notebook, say.  ``lstat`` only; nothing is followed."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise SubmissionError(f"{path} cannot be read ({error.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise SubmissionError(f"{path.name} is a symbolic link: submissions must be plain files and folders "
+                              "(extract archives with `python -m zipfile -e`, which creates no links)")
+    if not stat.S_ISDIR(info.st_mode):
+        return
+    count, stack = 0, [path]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                count += 1
+                if count > MAX_FOLDER_ENTRIES:
+                    raise SubmissionError(f"{path.name} holds more than {MAX_FOLDER_ENTRIES} files")
+                if entry.is_symlink():
+                    raise SubmissionError(f"{Path(entry.path).relative_to(path)} in the submission is a symbolic link: "
+                                          "submissions must be plain files and folders")
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+
+
+def _read_notebook(path: Path, notes: list[str] | None = None) -> dict:
+    """The notebook's JSON, read with :mod:`nbformat` (converted to version 4 and validated;
+    a validation problem is a note, what cannot be read at all a :class:`SubmissionError`)."""
+    raw = read_submission_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -200,18 +398,40 @@ def _read_notebook(path: Path) -> dict:
     except json.JSONDecodeError as error:
         raise SubmissionError(f"{path.name} is not a valid notebook (JSON error at line {error.lineno}: {error.msg}); "
                               "it may be truncated or corrupt: download it again from Jupyter") from error
+    except (RecursionError, MemoryError):
+        raise SubmissionError(f"{path.name} is not a Jupyter notebook (its JSON is nested too deeply to read)") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise SubmissionError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+    try:
+        import nbformat
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing cell ids and the like: not the student's concern
+            node = nbformat.from_dict(data)
+            if node.get("nbformat", 4) != 4:
+                node = nbformat.convert(node, 4)
+            data = node
+            nbformat.validate(node)
+    except ImportError:
+        pass
+    except (RecursionError, MemoryError):
+        raise SubmissionError(f"{path.name} is not a Jupyter notebook (nested too deeply to read)") from None
+    except Exception as error:  # noqa: BLE001 - nbformat.ValidationError and conversion errors
+        message = getattr(error, "message", None) or str(error)
+        if notes is not None:
+            notes.append(f"{path.name} is not a valid Jupyter notebook ({str(message).splitlines()[0][:200]}); "
+                         "the cells that can be read are graded")
     return data
 
 
 def resolve_submission_path(path: str | os.PathLike, assignment: str) -> Path:
-    """A notebook/module file, or the one inside a folder."""
+    """A notebook/module file, or the one inside a folder (no symbolic links anywhere)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise SubmissionError(f"{path} does not exist")
-    if path.is_file():
-        return path
+    refuse_symlinks(path)
+    if not path.is_dir():
+        return path  # a file (a FIFO or a device is refused when read)
     candidates = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in (".ipynb", ".py")
                   and ".ipynb_checkpoints" not in p.parts and not p.name.startswith(".")]
     named = [p for p in candidates if p.stem == assignment]
@@ -234,36 +454,51 @@ def extract_submission(path: str | os.PathLike, assignment: str) -> Submission:
     file = resolve_submission_path(path, assignment)
     notes: list[str] = []
     broken: dict[str, str] = {}
-    parts: list[str] = []
-    defined: set[str] = set()
     if file.suffix == ".py":
         try:
-            text = file.read_bytes().decode("utf-8")
+            text = read_submission_file(file).decode("utf-8")
         except UnicodeDecodeError as error:
             raise SubmissionError(f"{file.name} is not valid UTF-8 (byte {error.start})") from error
-        source, names = clean_source(text, file.name, notes, broken)
+        first, _ = clean_source(text, file.name, [], {})
+        source, names = clean_source(text, file.name, notes, broken, relevant=module_names_used_by_functions(first))
         return Submission(str(file), source, notes, names, broken)
     if file.suffix != ".ipynb":
         raise SubmissionError(f"{file.name}: expected a .ipynb notebook or a .py module")
-    nb = _read_notebook(file)
-    cells = [c for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
-    has_metadata = any((c.get("metadata", {}).get("nbgrader") or {}).get("solution") for c in cells)
+    nb = _read_notebook(file, notes)
+    cells: list[tuple[str, str, bool, bool]] = []  # (label, source, strict, given by the notebook)
+    code_cells = [c for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
+    has_metadata = any(_nbgrader_meta(c).get("solution") for c in code_cells)
     expected = set(STUDENT_FUNCTIONS[assignment]) | set(DEPENDENCIES[assignment])
     if not has_metadata:
         notes.append("no nbgrader solution metadata found: code was taken from every cell that defines something")
     for index, cell in enumerate(nb["cells"]):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
-        meta = cell.get("metadata", {}).get("nbgrader") or {}
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
+        label = f"cell {index + 1}"
+        metadata = cell.get("metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or
+                                     (metadata.get("nbgrader") is not None and not isinstance(metadata["nbgrader"], dict))):
+            notes.append(f"{label}: its nbgrader metadata is not an object (ignored; the cell is treated as one you added)")
+        source = _cell_text(cell)
+        if source is None:
+            notes.append(f"{label}: its source is not text ({type(cell.get('source')).__name__}); nothing in it is graded")
+            continue
         # Test cells never count; other cells that are not solution cells
         # (given code, cells students added) contribute definitions only.
         if _is_test_cell(cell):
             continue
-        label = f"cell {index + 1}"
+        meta = _nbgrader_meta(cell)
         strict = not meta.get("solution") if has_metadata else not _defines_something(source)
-        cleaned, names = clean_source(source, label, notes, broken, strict=strict)
+        cells.append((label, source, strict, has_metadata and bool(meta) and not meta.get("solution")))
+    # Pass 1: what the functions read from module level; pass 2 keeps the statements that set it.
+    # (the solution cells' functions: given helpers of the notebook read its demo settings, which
+    # rightly do not run)
+    first = "\n".join(clean_source(text, label, [], {}, strict=strict)[0] for label, text, strict, _ in cells if not strict)
+    relevant = module_names_used_by_functions(first)
+    parts: list[str] = []
+    defined: set[str] = set()
+    for label, source, strict, given in cells:
+        cleaned, names = clean_source(source, label, notes, broken, strict=strict, relevant=relevant, notify=not given)
         if not names and not cleaned.strip():
             continue
         defined |= names

@@ -11,7 +11,9 @@ only the JSON report (for staff) contains.
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 from collections.abc import Iterable
 
 from grader.functions import STUDENT_FUNCTIONS
@@ -20,9 +22,34 @@ from grader.results import PASSED, SKIPPED, CheckResult, GradeReport
 ICONS = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "timeout": "TIME", "skipped": "skip"}
 
 
+#: Characters a student's text may not carry into a report: control characters (ANSI
+#: escapes, carriage returns that overwrite a line), bidirectional overrides (text shown
+#: in another order than it reads).
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Everything ``str.splitlines`` splits on, besides ``\n``.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def clean_text(text: str | None) -> str:
+    """Student-influenced text made inert for every report: one kind of line break
+    (``\n``), no control characters (shown as ``?``)."""
+    return _CONTROL.sub("?", _LINE_BREAKS.sub("\n", text or ""))
+
+
 def _first_line(text: str, limit: int = 140) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    text = clean_text(text).strip()
+    line = text.splitlines()[0] if text else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+#: Prefix of every continuation line of a message in plain-text reports: a student's
+#: exception text cannot start a line that looks like one of the grader's result lines.
+CONTINUATION = "      | "
+
+
+def _indented(text: str, limit_lines: int = 40) -> str:
+    lines = clean_text(text).strip().splitlines()[:limit_lines]
+    return ("\n" + CONTINUATION).join(lines)
 
 
 def _groups(report: GradeReport) -> list[tuple[str, list[CheckResult]]]:
@@ -37,7 +64,7 @@ def console_table(report: GradeReport, verbose: bool = False) -> str:
     if report.sandbox:
         out.write(f"sandbox: {report.sandbox}\n")
     for note in report.notes:
-        out.write(f"note: {note}\n")
+        out.write(f"note: {_indented(note, 5)}\n")
     for error in report.errors:
         out.write(f"error: {_first_line(error, 300)}\n")
     width = max([len(c.id) for c in report.checks] + [20])
@@ -47,7 +74,7 @@ def console_table(report: GradeReport, verbose: bool = False) -> str:
         for c in checks:
             tag = "" if c.visible else " (hidden)"
             out.write(f"  {ICONS.get(c.status, c.status):<5} {c.points:5.2f}/{c.max_points:<5.2f} {c.id:<{width}}{tag}")
-            message = c.message if verbose else _first_line(c.message)
+            message = _indented(c.message) if verbose else _first_line(c.message)
             if message and c.status != PASSED or (verbose and message):
                 out.write(f"  {message}")
             out.write("\n")
@@ -88,11 +115,11 @@ def markdown_feedback(report: GradeReport) -> str:
         earned, available = sum(c.points for c in checks), sum(c.max_points for c in checks)
         out.write(f"## `{function}`: {earned:g} / {available:g}\n\n| check | result | points | details |\n|---|---|---|---|\n")
         for c in checks:
-            title = c.title + ("" if c.visible else " *(hidden)*")
-            out.write(f"| {_md(title)} | {c.status} | {c.points:g} / {c.max_points:g} | {_md(c.message)} |\n")
+            title = _md(c.title) + ("" if c.visible else " *(hidden)*")
+            out.write(f"| {title} | {c.status} | {c.points:g} / {c.max_points:g} | {_md(c.message)} |\n")
         shown = [c for c in checks if c.visible and c.output.strip() and not c.passed]
         for c in shown:
-            out.write(f"\nOutput of *{_md(c.title)}* (first lines):\n\n```\n{c.output.strip()[:1500]}\n```\n")
+            out.write(f"\nOutput of *{_md(c.title)}* (first lines):\n\n{_md_code_block(c.output.strip()[:1500])}\n")
         out.write("\n")
     out.write("Hidden checks compare your code with the reference on further inputs (other sizes, dtypes, edge cases); "
               "their messages say what differs without showing the inputs.\n")
@@ -100,8 +127,25 @@ def markdown_feedback(report: GradeReport) -> str:
 
 
 def _md(text: str) -> str:
-    text = (text or "").replace("|", "\\|").replace("\r", "")
-    return "<br>".join(line for line in text.splitlines()[:8])
+    """Text for one Markdown table cell or list item: HTML-escaped (no raw HTML), Markdown
+    punctuation that could start a heading, a link, a fence or emphasis escaped, lines
+    joined with ``<br>`` (so no line of it starts a block of its own)."""
+    lines = clean_text(text).splitlines()[:8]
+    out = []
+    for line in lines:
+        line = html.escape(line, quote=False)
+        line = re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", line)
+        out.append(line)
+    return "<br>".join(out)
+
+
+def _md_code_block(text: str) -> str:
+    """``text`` verbatim in a fenced code block whose fence is longer than any run of
+    backticks inside it, so that the text cannot close it (nor write headings or HTML)."""
+    text = clean_text(text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}\n"
 
 
 def gradescope_results(report: GradeReport) -> dict:
@@ -123,6 +167,7 @@ def gradescope_results(report: GradeReport) -> dict:
             "max_score": round(available, 4),
             "status": "passed" if earned >= available - 1e-9 else "failed",
             "output": "\n".join(lines),
+            "output_format": "text",
             "visibility": "visible",
         }
         if skipped:
@@ -135,6 +180,7 @@ def gradescope_results(report: GradeReport) -> dict:
     return {
         "score": report.score,
         "output": "\n".join(summary),
+        "output_format": "text",  # shown as plain text: no HTML or Markdown from a student's message
         "visibility": "visible",
         "stdout_visibility": "hidden",
         "tests": tests,
@@ -157,10 +203,15 @@ def csv_text(rows: Iterable[dict], assignment: str | None = None) -> str:
     return buffer.getvalue()
 
 
+def _csv_safe(text: str) -> str:
+    """A cell a spreadsheet will not run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
 def csv_row(student: str, report: GradeReport) -> dict:
     row = {"student": student, "assignment": report.assignment, "score": report.score, "max_score": report.max_score,
            "status": "graded" if not report.errors else "graded with problems", "seconds": report.seconds,
-           "error": _first_line(report.errors[0], 200) if report.errors else ""}
+           "error": _csv_safe(_first_line(report.errors[0], 200)) if report.errors else ""}
     for function, checks in report.by_function().items():
         row[function] = round(sum(c.points for c in checks), 4)
     return row

@@ -63,6 +63,8 @@ class GradeReport:
     seconds: float = 0.0
     grader_version: str = "1"
     student_id: str = ""
+    #: sha256 of the submission's files (``grader batch`` regrades a changed resubmission).
+    content_hash: str = ""
 
     @property
     def score(self) -> float:

@@ -13,11 +13,17 @@ Two isolation levels, chosen by :func:`detect_mode` (or forced with
 ``fallback`` (no bubblewrap, or it cannot create namespaces, e.g. in some
     containers)
     The same zygote without bubblewrap: resource limits, a scrubbed
-    environment, a scratch working directory, stdin from ``/dev/null`` and an
-    import hook refusing ``solutions``/``grader``.  Known limits, stated
-    plainly: the code runs as the grader's user, so it *can* read files the
-    grader can read (including the reference, by path), write where that user
-    can write and signal that user's processes; the network is not blocked.
+    environment, a scratch working directory (its total size watched), stdin
+    from ``/dev/null`` and an import hook refusing ``solutions``/``grader``.
+    Known limits, stated plainly: the code *can* read world-readable files
+    (the reference too, unless it is made unreadable to others, as the
+    Gradescope bundle does), write to the host's ``/tmp``, and use the network.
+
+Student code never runs as root: when the grader is root, each sandbox leases
+an unprivileged uid (:class:`UidLease`) and every child drops to it before the
+submission is loaded (the zygote stays root, so the children cannot signal or
+inspect it); all processes of that uid are killed after every check.  Without
+root the code runs as the grader's own (unprivileged) user.
     Results are still compared in the grader's process and decoded with
     ``torch.load(weights_only=True)``, so the score cannot be forged without
     the reference; use ``bwrap`` (or a container per submission) for a class.
@@ -48,7 +54,7 @@ from typing import Any
 
 import torch
 
-from grader import _child
+from grader import _child, _given
 
 CHILD_SOURCE_PATH = Path(_child.__file__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +69,26 @@ DEFAULT_LIMITS = {
     "output_hard_bytes": 16 << 20,
     "file_bytes": 16 << 20,
     "result_bytes": 512 << 20,
+    #: Total bytes the job may keep in its scratch folder (all files together).
+    "scratch_bytes": 256 << 20,
+    #: Processes (and threads) the unprivileged sandbox user may have at once.
+    "nproc": 256,
+    #: Seconds of oracle answers (computed in the grader's process) one job may use
+    #: beyond its own wall-clock limit.
+    "oracle_seconds": 30.0,
 }
+
+#: Size of the private ``/tmp`` inside bubblewrap (a tmpfs: memory outside RLIMIT_AS).
+BWRAP_TMP_BYTES = 64 << 20
+#: Size of the scratch folder inside bubblewrap (a tmpfs too, so that a job cannot fill the host's disk).
+BWRAP_SCRATCH_BYTES = 256 << 20
+#: Files of ``/etc`` the interpreter needs (the dynamic loader's cache, time zone, name service
+#: switch); ``/etc`` is never bound whole (``/etc/shadow`` and friends stay outside).
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "host.conf", "mime.types")
+#: Unprivileged uids given to student code when the grader runs as root (no passwd entry
+#: needed; each sandbox holds one, so sandboxes cannot signal each other).
+SANDBOX_UID_BASE = int(os.environ.get("GRADER_SANDBOX_UID_BASE", "61000"))
+SANDBOX_UID_COUNT = 1000
 
 
 class SandboxError(RuntimeError):
@@ -113,6 +138,8 @@ class Outcome:
         if self.status == "output_limit":
             return f"output limit exceeded: your code printed more than {DEFAULT_LIMITS['output_hard_bytes'] >> 20} MiB"
         if self.status == "crashed":
+            if self.error and self.error != "the sandbox process died":
+                return self.error  # the zygote's reason (e.g. the disk limit)
             if self.error == "the sandbox process died":
                 return "the sandbox was killed while running your code (did it signal another process?)"
             if self.signal == signal.SIGXCPU:
@@ -167,24 +194,62 @@ def _bind_paths() -> list[Path]:
     return unique
 
 
-def bwrap_command(scratch: Path, *, cuda: bool = False, extra_ro: tuple[Path, ...] = ()) -> list[str]:
-    """The bubblewrap prefix for a sandbox whose only writable place is ``scratch``."""
+def bwrap_command(scratch: Path, *, cuda: bool = False, extra_ro: tuple[Path, ...] = (), as_root: bool | None = None) -> list[str]:
+    """The bubblewrap prefix for a sandbox whose only writable places are ``scratch`` and ``/tmp``.
+
+    As root (``as_root``, default: the grader's effective uid is 0) no user
+    namespace is created: the zygote keeps only ``CAP_SETUID``/``CAP_SETGID``/
+    ``CAP_KILL``/``CAP_DAC_OVERRIDE``/``CAP_FOWNER`` and each child drops to an unprivileged host uid before the
+    submission runs (a user namespace would map host root into the sandbox, and
+    root-owned files would be the student's own).  Otherwise the sandbox runs in
+    a user namespace as uid/gid 65534 (the grader's unprivileged uid outside).
+    ``/tmp`` and the scratch folder are size-limited tmpfs mounts.
+    """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxError("bwrap is not installed")
-    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    for system_dir in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"):
+    as_root = (os.geteuid() == 0) if as_root is None else as_root
+    cmd = [bwrap, "--die-with-parent", "--new-session"]
+    if as_root:
+        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL",
+                # to empty the scratch folder of files the children (another uid) left there
+                "--cap-add", "CAP_DAC_OVERRIDE", "--cap-add", "CAP_FOWNER"]
+    else:
+        cmd += ["--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
+    for system_dir in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.exists(system_dir):
             cmd += ["--ro-bind", system_dir, system_dir] if not os.path.islink(system_dir) else ["--symlink", os.readlink(system_dir), system_dir]
+    cmd += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_FILES:
+        path = os.path.join("/etc", name)
+        if os.path.exists(path):
+            cmd += ["--ro-bind", path, path]
     # /tmp, /proc and /dev first: a bind below /tmp (a venv or a bundle there) must not be hidden by the tmpfs.
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    for path in [*_bind_paths(), *extra_ro]:
-        if str(path).startswith(("/usr", "/bin", "/sbin", "/lib", "/etc")):
-            continue
-        cmd += ["--ro-bind", str(path), str(path)]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(BWRAP_TMP_BYTES), "--tmpfs", "/tmp"]
+    binds = [(path, path) for path in [*_bind_paths(), *extra_ro]
+             if not str(path).startswith(("/usr", "/bin", "/sbin", "/lib", "/etc"))]
+    # A virtual environment reached through a symlink (``.venv -> elsewhere``): the interpreter is
+    # started by its unresolved path, so that path must exist inside too.
+    prefix = Path(os.path.abspath(sys.prefix))
+    if prefix != prefix.resolve() and prefix.resolve().is_dir():
+        binds.append((prefix.resolve(), prefix))
+    made: set[str] = {"/", "/tmp", "/usr", "/etc", "/proc", "/dev"}
+    for source, dest in binds:
+        # The folders above a bind are created traversable (bwrap would make them 0700 under a
+        # strict umask, and the unprivileged children could not reach Python or data_utils).
+        for parent in reversed(Path(dest).parents):
+            if str(parent) not in made:
+                made.add(str(parent))
+                cmd += ["--perms", "0755", "--dir", str(parent)]
+        cmd += ["--ro-bind", str(source), str(dest)]
     if os.path.isdir("/sys"):
         cmd += ["--ro-bind", "/sys", "/sys"]
-    cmd += ["--bind", str(scratch), str(scratch)]
+    # The scratch folder is a size-limited tmpfs (never the host's disk); its ``lib`` (the
+    # data_utils link) is bound over it from the host.
+    cmd += ["--perms", "1777", "--size", str(BWRAP_SCRATCH_BYTES), "--tmpfs", str(scratch)]
+    if (scratch / "lib").is_dir():
+        cmd += ["--ro-bind", str(scratch / "lib"), str(scratch / "lib")]
     if cuda:
         for dev in sorted(Path("/dev").glob("nvidia*")):
             cmd += ["--dev-bind", str(dev), str(dev)]
@@ -219,44 +284,110 @@ def detect_mode(requested: str | None = None) -> tuple[str, str]:
     if requested not in MODES:
         raise ValueError(f"sandbox mode must be one of {MODES}, not {requested!r}")
     if requested == "fallback":
-        user = " as user nobody" if probe_nobody() else ""
-        return "fallback", f"fallback isolation{user} (resource limits, scrubbed environment, import hook): requested"
+        return "fallback", f"fallback isolation (resource limits, scrubbed environment, import hook): requested"
     ok, reason = probe_bwrap()
     if ok:
-        return "bwrap", "bubblewrap: no network, read-only system, no access to the reference or grader"
+        return "bwrap", "bubblewrap: no network, own PID namespace, read-only system, no access to the reference or grader"
     if requested == "bwrap":
         raise SandboxError(f"sandbox mode 'bwrap' requested but unavailable: {reason}")
-    user = " as user nobody" if probe_nobody() else ""
-    return "fallback", f"fallback isolation{user} (resource limits, scrubbed environment, import hook): {reason}"
+    return "fallback", f"fallback isolation (resource limits, scrubbed environment, import hook): {reason}"
 
 
 NOBODY = 65534
 
 
-def _drop_to(uid: int, gid: int):
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
+def _readable_by_others(path: Path) -> bool:
+    """Whether a user with no special rights can reach ``path`` (every folder above it searchable)."""
+    import stat
 
-    return drop
+    try:
+        for folder in [*reversed(path.resolve().parents), path.resolve()]:
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return False
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
-def probe_nobody() -> bool:
-    """As root without bubblewrap: can user ``nobody`` run this Python with torch?  (cached)"""
-    if "nobody" in _PROBE_CACHE:
-        return _PROBE_CACHE["nobody"][0]
-    ok = False
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and os.environ.get("GRADER_FALLBACK_USER", "nobody") == "nobody":
-        code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and u.find_spec('torchvision') else 1)"
+class UidLease:
+    """An unprivileged uid/gid reserved for one sandbox while the grader runs as root.
+
+    Student code never runs as root: the zygote's children drop to this uid
+    before the submission is loaded.  The uid has no passwd entry and no
+    files; each sandbox holds its own (an exclusive ``flock`` on a file in a
+    root-only folder), so that every process left by a check can be found by
+    its uid and killed, and sandboxes graded in parallel cannot signal each
+    other.  ``RLIMIT_NPROC`` on it bounds fork bombs.
+    """
+
+    def __init__(self):
+        import fcntl
+        import pwd
+
+        folder = Path(os.environ.get("GRADER_UID_LOCKS", "/run/grader-uids" if os.path.isdir("/run") else "/tmp/grader-uids"))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        for uid in range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_COUNT):
+            try:
+                pwd.getpwuid(uid)
+                continue  # a real account: never borrow it
+            except KeyError:
+                pass
+            fd = os.open(folder / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.uid = self.gid = uid
+            self._fd = fd
+            kill_uid(uid)  # anything a crashed earlier grader left behind
+            return
+        raise SandboxError(f"no free sandbox uid in {SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_COUNT - 1}: "
+                           "too many sandboxes at once (or set GRADER_SANDBOX_UID_BASE)")
+
+    def release(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            kill_uid(self.uid)
+            os.close(self._fd)
+            self._fd = None
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Pids whose real or effective uid is ``uid`` (read from ``/proc``)."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
         try:
-            proc = subprocess.run([sys.executable, "-I", "-c", code], preexec_fn=_drop_to(NOBODY, NOBODY),
-                                  capture_output=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
-            ok = proc.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-    _PROBE_CACHE["nobody"] = (ok, "")
-    return ok
+            with open(f"/proc/{entry}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        ids = [int(x) for x in line.split()[1:3]]
+                        if uid in ids:
+                            pids.append(int(entry))
+                        break
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def kill_uid(uid: int, rounds: int = 50) -> None:
+    """SIGKILL every process of ``uid`` (repeated: a process may fork while we look)."""
+    for _ in range(rounds):
+        pids = [p for p in processes_of_uid(uid) if p != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
 
 
 def _scrubbed_env(scratch: Path, threads: int, cuda: bool) -> dict[str, str]:
@@ -272,6 +403,8 @@ def _scrubbed_env(scratch: Path, threads: int, cuda: bool) -> dict[str, str]:
         "MPLCONFIGDIR": str(scratch / "mpl"),
         "XDG_CACHE_HOME": str(scratch / "cache"),
         "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+        "USER": "student",
+        "LOGNAME": "student",
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0") if cuda else "",
     }
     return env
@@ -305,13 +438,35 @@ class Sandbox:
         self.ready: dict | None = None
         self.restarts = 0
         self.boot_seconds = 0.0
+        # Student code never runs as root: as root, every child drops to a uid of its own.
+        self.lease: UidLease | None = UidLease() if os.geteuid() == 0 else None
+        self.mode_note += "; " + self.isolation()
+
+    def isolation(self) -> str:
+        """Which user student code runs as, and what bounds its space (for the report)."""
+        if self.lease is not None:
+            who = f"student code ran as uid {self.lease.uid} (unprivileged, no account; its processes are killed after each check)"
+        else:
+            who = f"student code ran as the grader's user (uid {os.geteuid()}, not root)"
+        if self.lease is not None and self.mode == "fallback" and not _readable_by_others(Path(sys.base_prefix) / "lib"):
+            who += ("; the Python installation is not readable by that uid, so only the modules the sandbox "
+                    "preloads can be imported")
+        if self.mode == "bwrap":
+            space = f"/tmp and the scratch folder are tmpfs of {BWRAP_TMP_BYTES >> 20} and {BWRAP_SCRATCH_BYTES >> 20} MiB; only a few files of /etc are visible"
+        else:
+            space = (f"scratch folder capped at {int(self.limits['scratch_bytes']) >> 20} MiB; the code can read world-readable "
+                     "files and use the network")
+        return f"{who}; {space}"
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
         self._cleanup_process()
-        self.scratch = Path(tempfile.mkdtemp(prefix="grader-sandbox-"))
+        parent = None
+        if self.lease is not None and not _readable_by_others(Path(tempfile.gettempdir())):
+            parent = "/tmp"  # the children (another uid) must reach the scratch folder
+        self.scratch = Path(tempfile.mkdtemp(prefix="grader-sandbox-", dir=parent))
         os.chmod(self.scratch, 0o700)
         # The only package of this project submissions may import: data_utils,
         # reached through a directory that holds nothing else (whatever the
@@ -324,23 +479,19 @@ class Sandbox:
             os.symlink(Path(list(data_utils.__path__)[0]).resolve(), self.lib_dir / "data_utils")
         except (ImportError, OSError):
             pass
+        if self.lease is not None:
+            # The children (uid of the lease) work in the scratch folder; the zygote stays root.
+            os.chown(self.scratch, self.lease.uid, self.lease.gid)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         source = CHILD_SOURCE_PATH.read_text()
         python = [sys.executable, "-I", "-c", source, "--zygote", f"{to_child_r},{from_child_w}"]
         cmd = (bwrap_command(self.scratch, cuda=self.cuda, extra_ro=self.extra_ro) + python) if self.mode == "bwrap" else python
         env = _scrubbed_env(self.scratch, self.threads, self.cuda)
-        preexec = None
-        if self.mode == "fallback" and probe_nobody():
-            # Root without bubblewrap (e.g. Gradescope's container): run as
-            # 'nobody', who cannot read root-only files or write outside scratch.
-            os.chown(self.scratch, NOBODY, NOBODY)
-            preexec = _drop_to(NOBODY, NOBODY)
         self._started_at = time.monotonic()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             pass_fds=(to_child_r, from_child_w), env=env, cwd=self.scratch, start_new_session=True,
-            preexec_fn=preexec,
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -351,7 +502,11 @@ class Sandbox:
     def _wait_ready(self, timeout: float = 180.0) -> None:
         if self.ready is not None:
             return
-        header = self._read_json(time.monotonic() + timeout)
+        try:
+            header = self._read_json(time.monotonic() + timeout)
+        except ProtocolError as error:  # before any submission code ran: the sandbox is broken
+            self._cleanup_process()
+            raise SandboxError(f"the sandbox did not start: {error}") from None
         if header is None or header.get("type") != "ready":
             stderr = self._stderr_tail()
             self._cleanup_process()
@@ -361,6 +516,9 @@ class Sandbox:
 
     def close(self) -> None:
         self._cleanup_process()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def __enter__(self) -> "Sandbox":
         return self
@@ -399,6 +557,8 @@ class Sandbox:
                     pass
         self._ctl_in = self._ctl_out = None
         self.proc = None
+        if self.lease is not None:
+            kill_uid(self.lease.uid)  # whatever outlived the zygote (a setsid() daemon in the fallback)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
@@ -428,17 +588,22 @@ class Sandbox:
             return None
         (length,) = _child.FRAME.unpack(head)
         if length > _child.MAX_FRAME:
-            raise SandboxError("oversized frame from the sandbox")
+            raise ProtocolError(f"oversized frame ({length} bytes)")
         return self._read_exact(length, deadline)
 
     def _read_json(self, deadline: float) -> dict | None:
         frame = self._read_frame(deadline)
         if frame is None:
             return None
+        if len(frame) > MAX_HEADER_BYTES:
+            raise ProtocolError(f"oversized header ({len(frame)} bytes)")
         try:
-            return json.loads(frame)
-        except ValueError as error:
-            raise SandboxError(f"garbled header from the sandbox: {error}") from error
+            header = json.loads(frame)
+        except (ValueError, RecursionError) as error:
+            raise ProtocolError(f"garbled header: {str(error)[:100]}") from None
+        if not isinstance(header, dict):
+            raise ProtocolError("the header is not an object")
+        return header
 
     # -- jobs -------------------------------------------------------------
     def run(self, source: str, spec: dict, *, limits: dict | None = None, oracle: list[str] | None = None,
@@ -447,7 +612,10 @@ class Sandbox:
 
         ``oracle``: names the child replaces by proxies answered by
         ``oracle_handler(name, args, kwargs)`` in this process; only those
-        names are served.
+        names are served, and their time counts against the job's wall clock
+        beyond ``limits["oracle_seconds"]``.  Whatever the sandbox sends back is
+        untrusted: a garbled or oversized message ends the job as the
+        submission's failure (``bad_result``), never as an exception.
         """
         limits = {**self.limits, **(limits or {})}
         for attempt in range(2):
@@ -455,19 +623,35 @@ class Sandbox:
                 self.start()
                 self._wait_ready()
                 break
-            except SandboxError:
+            except (SandboxError, ProtocolError) as error:
                 self._cleanup_process()
                 if attempt == 1:
-                    raise
+                    raise SandboxError(str(error)) from None
         job = {"source": source, "spec": spec, "limits": limits, "oracle": list(oracle or []),
-               "given_classes": list(given_classes or []), "threads": int(limits.get("threads", self.threads)), "scratch": str(self.scratch),
-               "lib_dir": str(self.lib_dir)}
+               "given_sources": _given.given_sources(given_classes or []), "threads": int(limits.get("threads", self.threads)), "scratch": str(self.scratch),
+               "lib_dir": str(self.lib_dir),
+               "run_as": [self.lease.uid, self.lease.gid] if self.lease is not None else None}
         try:
             _child.write_frame(self._ctl_in, _child.dumps(job))
         except OSError as error:
             self._cleanup_process()
             return Outcome("sandbox_error", error=f"could not send the job: {error}")
-        deadline = time.monotonic() + float(limits["wall_seconds"]) + 30.0
+        try:
+            return self._serve(limits, oracle, oracle_handler)
+        except ProtocolError as error:
+            # Only the submission can garble the zygote's messages (e.g. by writing to its pipe).
+            self._cleanup_process()
+            self.restarts += 1
+            return Outcome("bad_result", error=f"the sandbox's messages were corrupted ({error}): did your code write to "
+                                               "the grader's pipes?")
+        finally:
+            if self.lease is not None:
+                kill_uid(self.lease.uid)  # every process the check started, daemons included
+
+    def _serve(self, limits: dict, oracle: list[str] | None, oracle_handler: OracleHandler | None) -> Outcome:
+        wall = float(limits["wall_seconds"])
+        deadline = time.monotonic() + wall + 30.0
+        oracle_budget = float(limits.get("oracle_seconds", DEFAULT_LIMITS["oracle_seconds"]))
         started = time.monotonic()
         allowed = set(oracle or [])
         while True:
@@ -477,7 +661,7 @@ class Sandbox:
                 seconds = time.monotonic() - started
                 self._cleanup_process()
                 self.restarts += 1
-                if seconds >= float(limits["wall_seconds"]):
+                if seconds >= wall:
                     return Outcome("timeout", seconds=seconds)
                 return Outcome("crashed", error="the sandbox process died", seconds=seconds)
             payload = self._read_frame(deadline)
@@ -485,47 +669,98 @@ class Sandbox:
                 self._cleanup_process()
                 return Outcome("crashed", error="the sandbox process died", seconds=time.monotonic() - started)
             if header.get("type") == "oracle":
-                deadline += self._answer_oracle(payload, allowed, oracle_handler)
+                # The oracle's time extends the deadline only within its budget, so that a
+                # submission looping on oracle calls still ends.
+                spent = self._answer_oracle(payload, allowed, oracle_handler, budget=oracle_budget)
+                deadline += min(spent, max(0.0, oracle_budget))
+                oracle_budget -= spent
                 continue
             if header.get("type") != "done":
-                self._cleanup_process()
-                return Outcome("sandbox_error", error=f"unexpected message {header.get('type')!r}")
-            return self._outcome(header, payload)
+                raise ProtocolError(f"unexpected message {str(header.get('type'))[:40]!r}")
+            return self._outcome(header, payload, limits)
 
-    def _answer_oracle(self, payload: bytes, allowed: set[str], handler: OracleHandler | None) -> float:
+    def _answer_oracle(self, payload: bytes, allowed: set[str], handler: OracleHandler | None, budget: float = 1e9) -> float:
         started = time.monotonic()
         try:
+            if budget <= 0:
+                raise TimeoutError("the time for answers by the grader is used up in this check (too many calls)")
             request = _child.loads(payload)
+            _child.check_bounded(request)
+            if not isinstance(request, dict) or not isinstance(request.get("name"), str):
+                raise TypeError("malformed request")
             name = request["name"]
             if name not in allowed or handler is None:
-                raise PermissionError(f"{name!r} is not available here")
-            value = handler(name, list(request.get("args", [])), dict(request.get("kwargs", {})))
+                raise PermissionError(f"{name[:80]!r} is not available here")
+            args, kwargs = request.get("args", []), request.get("kwargs", {})
+            if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise TypeError("malformed arguments")
+            value = handler(name, list(args), dict(kwargs))
             reply = {"ok": True, "value": _child.to_plain(value)}
         except Exception as error:  # noqa: BLE001 - anything the request provokes goes back as an error
-            reply = {"ok": False, "error": f"{type(error).__name__}: {str(error)[:500]}"}
-        _child.write_frame(self._ctl_in, _child.dumps(reply))
+            reply = {"ok": False, "error": f"{type(error).__name__}: {_child.safe_text(error, 500)}"}
+        try:
+            _child.write_frame(self._ctl_in, _child.dumps(reply))
+        except OSError:
+            pass  # the sandbox died meanwhile: the next read says so
         return time.monotonic() - started
 
-    def _outcome(self, header: dict, payload: bytes) -> Outcome:
-        base = dict(stdout=header.get("stdout", ""), stdout_bytes=int(header.get("stdout_bytes", 0)),
-                    seconds=float(header.get("seconds", 0.0)), exit_code=header.get("exit_code"), signal=header.get("signal"))
+    def _outcome(self, header: dict, payload: bytes, limits: dict | None = None) -> Outcome:
+        limits = {**DEFAULT_LIMITS, **(limits or getattr(self, "limits", {}))}
+        def number(key, kind):
+            value = header.get(key)
+            return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        stdout = header.get("stdout", "")
+        base = dict(stdout=stdout[: int(limits["output_bytes"])] if isinstance(stdout, str) else "",
+                    stdout_bytes=number("stdout_bytes", int) or 0, seconds=number("seconds", float) or 0.0,
+                    exit_code=number("exit_code", int), signal=number("signal", int))
         reason = header.get("reason")
         if reason == "timeout":
             return Outcome("timeout", **base)
         if reason == "output_limit":
             return Outcome("output_limit", **base)
+        if reason == "disk_limit":
+            return Outcome("crashed", error=f"your code wrote more than {int(limits['scratch_bytes']) >> 20} MiB of files "
+                                            "(disk limit)", **base)
         if reason in ("result_limit", "oracle_limit"):
             return Outcome("bad_result", error=f"{reason.replace('_', ' ')} exceeded", **base)
         if not header.get("has_result"):
             return Outcome("crashed", **base)
         try:
             record = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+            _child.check_bounded(record, max_bytes=4 * int(limits["result_bytes"]))
             if not isinstance(record, dict):
                 raise TypeError("result is not a dict")
         except Exception as error:  # noqa: BLE001 - untrusted bytes
-            return Outcome("bad_result", error=f"{type(error).__name__}: {str(error)[:300]}", **base)
-        blocked = [str(x) for x in record.get("blocked_imports", []) or []] + [str(x) for x in record.get("imported_blocked", []) or []]
-        if record.get("ok"):
+            return Outcome("bad_result", error=f"{type(error).__name__}: {_child.safe_text(error, 300)}", **base)
+        blocked = _short_strings(record.get("blocked_imports")) + _short_strings(record.get("imported_blocked"))
+        if record.get("ok") is True:
             return Outcome("ok", value=record.get("value"), blocked_imports=blocked, **base)
-        return Outcome("error", error_type=str(record.get("error_type")), error=str(record.get("error")),
-                       traceback=str(record.get("traceback") or ""), blocked_imports=blocked, stage=record.get("stage"), **base)
+        if record.get("error_type") == "SandboxRefused" and record.get("stage") == "setup":
+            return Outcome("sandbox_error", error=_text(record.get("error"), 500), **base)
+        stage = record.get("stage")
+        return Outcome("error", error_type=_text(record.get("error_type"), 100), error=_text(record.get("error"), 4000),
+                       traceback=_text(record.get("traceback"), 4000), blocked_imports=blocked,
+                       stage=stage if stage in ("load", "setup") else None, **base)
+
+
+class ProtocolError(Exception):
+    """The sandbox sent something that breaks the protocol (only the submission can cause it)."""
+
+
+#: Largest JSON header the zygote sends (its stdout excerpt is at most 64 KiB, escaped).
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _text(value: Any, limit: int) -> str:
+    """A string from an untrusted record, truncated; anything else becomes ``""``."""
+    if not isinstance(value, str):
+        return ""
+    return value if len(value) <= limit else value[:limit] + " ..."
+
+
+def _short_strings(value: Any, count: int = 20, limit: int = 200) -> list[str]:
+    """Module names from an untrusted record: only strings, at most ``count`` of ``limit`` characters."""
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [_text(v, limit) for v in list(value)[:count] if isinstance(v, str)]
