@@ -778,6 +778,53 @@ def run_procedure(ns: dict, spec: dict) -> dict:
         return {"ok": False, **describe_error(error)}
 
 
+class ForbiddenCall(RuntimeError):
+    pass
+
+
+def forbid_callables(ns: dict, names: list, function: str) -> None:
+    """Make the library callables ``names`` (qualified, e.g. ``torchvision.ops.nms``) raise
+    while ``function`` is checked: the notebook forbids them there (grader/forbidden.py
+    reads the source; this catches what a static reading misses).  Replaces the
+    attributes and every alias of the same objects in torch/torchvision modules and
+    in the submission's namespace (this process is one check's fork: nothing is restored)."""
+    import importlib
+
+    originals: dict[int, object] = {}
+    keep_alive = []  # ids stay unique only while the originals live
+    for qualified in names:
+        parts = qualified.split(".")
+        try:
+            owner = importlib.import_module(parts[0])
+            for part in parts[1:-1]:
+                owner = getattr(owner, part)
+            original = getattr(owner, parts[-1])
+        except Exception:  # noqa: BLE001 - not in this torchvision version
+            continue
+
+        def blocked(*args, _name=qualified, **kwargs):
+            raise ForbiddenCall(f"{_name} is not allowed in `{function}` (the notebook asks you to write it yourself)")
+
+        try:
+            setattr(owner, parts[-1], blocked)
+        except Exception:  # noqa: BLE001
+            continue
+        originals.setdefault(id(original), blocked)  # the first (public) name in messages
+        keep_alive.append(original)
+    if not originals:
+        return
+    spaces = [ns] + [vars(m) for n, m in list(sys.modules.items())
+                     if m is not None and n.split(".")[0] in ("torchvision", "torch") and hasattr(m, "__dict__")]
+    for space in spaces:
+        for key, value in list(space.items()):
+            replacement = originals.get(id(value))
+            if replacement is not None and not isinstance(value, (int, str, type(None))):
+                try:
+                    space[key] = replacement
+                except Exception:  # noqa: BLE001
+                    pass
+
+
 # ---------------------------------------------------------------------------
 # The child: one job, in a forked process
 # ---------------------------------------------------------------------------
@@ -891,6 +938,9 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
             for name, cls in given_classes(job.get("given_sources") or {}).items():
                 if name not in ns:
                     ns[name] = cls
+            forbidden = job["spec"].get("forbidden") or {}
+            if forbidden.get("names"):
+                forbid_callables(ns, list(forbidden["names"]), str(forbidden.get("function", "")))
             record = run_procedure(ns, job["spec"])
             if job["spec"].get("op") == "load" and record.get("ok"):
                 record["value"]["warnings"] = load_warnings

@@ -84,10 +84,58 @@ def cached_job(assignment: str, check: Check) -> Job:
     return _JOBS[key]
 
 
+#: Reference functions that compute another function's value *inline* (not by calling
+#: it), so that their answers would reveal it: the reference ``nms`` computes the IoUs
+#: it thresholds (two boxes and a bisection over the threshold give any IoU).  Calls
+#: are found in the reference's source (:func:`reference_reaches`); this table holds
+#: what an AST cannot see.
+COMPUTES_INLINE: dict[str, tuple[str, ...]] = {"nms": ("iou",), "class_spec_nms": ("iou",)}
+
+
+@functools.lru_cache(maxsize=None)
+def reference_reaches(assignment: str) -> dict[str, frozenset[str]]:
+    """``{name: every assignment name whose value the reference of name computes}``.
+
+    Derived from the reference source (:func:`grader.source.reference_source`, the
+    solutions modules as one module): a top-level definition reaches every
+    top-level name it mentions, transitively through helpers (``_iou_per_image``,
+    ``box_area``), plus :data:`COMPUTES_INLINE`.  Over-approximate on purpose (a
+    local variable named like a function counts): an oracle too few costs nothing
+    to an honest submission, an oracle too many answers the function under test.
+    """
+    import ast
+
+    from grader.source import reference_source
+
+    tree = ast.parse(reference_source(assignment))
+    defs = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    mentions = {name: {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in defs} - {name}
+                for name, node in defs.items()}
+    names = set(all_names(assignment))
+    reaches: dict[str, frozenset[str]] = {}
+    for name in names:
+        seen, todo = set(), list(mentions.get(name, ()))
+        while todo:
+            other = todo.pop()
+            if other not in seen:
+                seen.add(other)
+                todo.extend(mentions.get(other, ()))
+        for other in list(seen):
+            seen.update(COMPUTES_INLINE.get(other, ()))
+        seen.update(COMPUTES_INLINE.get(name, ()))
+        reaches[name] = frozenset((seen & names) - {name})
+    return reaches
+
+
 def oracle_names(assignment: str, function: str) -> list[str]:
-    """Functions answered by the reference while ``function`` is checked."""
-    names = [n for n in all_names(assignment) if n not in CLASSES and n != function]
-    return names
+    """Functions answered by the reference while ``function`` is checked: every other
+    function, except those whose reference computes ``function`` (directly or through
+    another function), which would launder the reference's answer for it (``nms``
+    returning ``class_spec_nms(boxes, scores, zeros, t)``).  Those stay the
+    submission's own while ``function`` is checked."""
+    reaches = reference_reaches(assignment)
+    return [n for n in all_names(assignment)
+            if n not in CLASSES and n != function and function not in reaches.get(n, ())]
 
 
 #: Largest work an oracle call may ask of the grader's process (product of the two

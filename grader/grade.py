@@ -6,12 +6,20 @@ the returned data.  Scoring rules:
 
 * a check earns its rubric points when its verdict passes (some checks give a
   fraction, e.g. the overfit test), nothing otherwise;
+* a function's minor checks (visible cases, edge cases, shapes, dtypes,
+  no-mutation) count only when its main value checks pass
+  (``[<assignment>.gates]`` in the rubric, :mod:`grader.gates`);
+* hidden checks' messages say what is wrong, never by how much (no relative
+  errors or sizes derived from the reference's outputs);
 * a function that is missing, or whose definition does not parse, fails
   each of its checks with that reason, without running anything;
 * after a time-out, the function's remaining checks are not run (they fail
   with a note) so an infinite loop costs one time limit, not ten;
 * a check during which the code tried to import ``solutions`` or ``grader``
   fails whatever it returned;
+* a function that uses a library function its notebook forbids there
+  (``torchvision.ops.nms`` in ``nms``, :mod:`grader.forbidden`) fails each of
+  its checks with that reason (and the sandbox makes those calls raise);
 * checks that need something the machine lacks (CUDA, the VOC data, a GPU
   for retraining) are *skipped*: reported with the reason, worth 0 of 0
   points (never silently passed, never counted against the student).
@@ -29,8 +37,11 @@ from pathlib import Path
 import torch
 
 from grader import checks as checks_module
-from grader.compare import Verdict
+from grader.compare import Verdict, hidden_feedback, redact_hidden
+from grader.forbidden import forbidden_message, forbidden_names
+from grader.forbidden import forbidden_uses as find_forbidden
 from grader.functions import CLASSES, DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+from grader.gates import apply_gates
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult, GradeReport
 from grader.rubric import limits_for, load_rubric, split_points
 from grader.sandbox import Outcome, Sandbox
@@ -134,8 +145,11 @@ def run_jobs(sandbox: Sandbox, source: str, assignment: str, function: str | Non
              isolate: bool, defined: set[str], limits: dict) -> tuple[list | None, Outcome | None, str]:
     """Run specs in order; returns (values, failing outcome, captured output)."""
     oracle, given = _oracle_and_given(assignment, function, isolate, defined)
+    forbidden = forbidden_names(assignment, function) if function else ()
     values, output = [], []
     for spec in specs:
+        if forbidden:  # the child makes them raise while this function runs (grader/forbidden.py)
+            spec = {**spec, "forbidden": {"function": function, "names": list(forbidden)}}
         outcome = sandbox.run(source, spec, limits=limits, oracle=oracle, oracle_handler=checks_module.oracle_handler,
                               given_classes=given)
         if outcome.stdout:
@@ -287,7 +301,27 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
     selected = [c for c in checks_module.registry(assignment) if c.function in wanted]
     skipped = {c.id for c in selected if c.cuda and not cuda}
     points = split_points(rubric, assignment, selected, skipped)
+    pending: list[CheckResult] = []  # one function's results, released once its gates are applied
+    uses: dict[str, list[str]] = {}
+
+    def forbidden_uses(check) -> list[str]:
+        """Library functions the notebook forbids that the submission's ``check.function`` uses (read, not run)."""
+        if check.function not in uses:
+            answered = _oracle_and_given(assignment, check.function, check.isolate, defined)[0]
+            uses[check.function] = find_forbidden(source, assignment, check.function, answered)
+        return uses[check.function]
+
+    def release() -> None:
+        apply_gates(rubric, assignment, pending)
+        for done in pending:
+            report.checks.append(done)
+            if progress:
+                progress(done)
+        pending.clear()
+
     for check in selected:
+        if pending and pending[-1].function != check.function:
+            release()
         result = CheckResult(check.id, check.function, check.title, check.visible, points[check.id])
         t0 = time.monotonic()
         if check.id in skipped:
@@ -303,6 +337,9 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
             result.status = FAILED
             result.message = f"`{check.function}` is not defined" + (f": {broken[check.function]}" if check.function in broken else
                                                                     " in your submission")
+        elif forbidden_uses(check):
+            result.status = FAILED
+            result.message = forbidden_message(assignment, check.function, forbidden_uses(check))
         elif check.function in timed_out:
             result.status = TIMEOUT
             result.message = ("not run: an earlier check of this function hit a limit (time, memory, output) "
@@ -336,9 +373,13 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
                         timed_out.add(check.function)
                 else:
                     try:
-                        verdict = job.judge(values)
+                        # Hidden checks say what is wrong, never by how much (see grader.compare.hidden_feedback).
+                        with hidden_feedback(not check.visible):
+                            verdict = job.judge(values)
                     except Exception as error:  # noqa: BLE001 - odd outputs must not crash the grader
                         verdict = Verdict(False, f"unexpected output structure ({type(error).__name__}: {str(error)[:200]})")
+                    if not check.visible:
+                        verdict.message = redact_hidden(verdict.message)
                     if verdict.passed:
                         result.status, result.points = PASSED, result.max_points
                     else:
@@ -347,9 +388,8 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
                             result.points = round(result.max_points * max(0.0, min(1.0, verdict.fraction)), 4)
                     result.message = verdict.message
         result.seconds = round(time.monotonic() - t0, 3)
-        report.checks.append(result)
-        if progress:
-            progress(result)
+        pending.append(result)
+    release()
 
 
 def grade_path(path: str | os.PathLike, assignment: str, **kwargs) -> GradeReport:
