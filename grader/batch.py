@@ -95,12 +95,16 @@ def grade_one(student: str, path: Path, assignment: str, result_path: Path, extr
 
 def run_batch(folder: str | os.PathLike, assignment: str, *, jobs: int = 1, out: str | os.PathLike = "grades.csv",
               results_dir: str | os.PathLike | None = None, extra_args: list[str] | None = None, timeout: float = 1800.0,
-              log=print) -> list[dict]:
+              log=print, shard: str | None = None) -> list[dict]:
     folder = Path(folder)
     out = Path(out)
     results_dir = Path(results_dir) if results_dir else out.with_suffix("").with_name(out.stem + "_reports")
     results_dir.mkdir(parents=True, exist_ok=True)
     submissions = discover(folder, assignment)
+    if shard is not None:
+        from grader.shards import select_shard
+
+        submissions = select_shard(submissions, shard)  # this machine's deterministic slice
     rows: dict[str, dict] = {}
     todo = []
     for student, path in submissions:
