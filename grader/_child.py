@@ -742,7 +742,13 @@ def proc_train(ns, spec, devices):
 
         reinit_head_stems(model)
     dataset = VOCDetection(spec["voc_dir"], spec.get("split", "train"), train=True)
-    loader = build_loader(dataset, int(spec["batch_size"]), cache=True, device=device, seed=seed, uint8=True)
+    # The uint8 cache file goes to the sandbox's scratch folder (the dataset is read-only).
+    from pathlib import Path
+
+    from data_utils.cache import CachedVOC
+
+    cached = CachedVOC(dataset, cache_path=Path.cwd() / "train_cache.pt", device=device, progress=False)
+    loader = build_loader(cached, int(spec["batch_size"]), seed=seed, uint8=True)
     config = TrainConfig(**spec["train_config"])
     start = time.perf_counter()
     train_detector(model, loader, config, device=str(device), progress=False)
