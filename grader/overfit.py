@@ -12,7 +12,7 @@ this 2-core machine.  FCOS's loss normalizer starts at this data's number of
 positive locations per image instead of 150 (without that, the curve first
 *rises* while the running average settles, see :mod:`solutions.fcos`).
 
-Judging (issue 11): the sandbox trains for exactly ``iters`` iterations and
+Judging (issue 11): the sandbox trains for exactly ``iters`` iterations (one thread) and
 returns the trained ``state_dict`` -- nothing else it returns is trusted.
 The grader loads those weights into the *reference* model of the same
 configuration (:mod:`grader.reference_judge`; FPN conv names may differ) and
@@ -28,7 +28,9 @@ checks (or are missing) are answered by the reference through the oracle
 during the overfit run, and ``DetectorBackboneWithFPN`` by the harness's
 given backbone; the message names them.  The detector classes themselves
 (``FCOS``; ``FasterRCNN`` and ``RPN``) and the prediction heads must be the
-student's: without them there is nothing of theirs to train.
+student's: without them there is nothing of theirs to train; so must the
+two functions the training gradient flows through (``flatten_anchor_predictions``,
+``pool_roi_features``: an oracle's answer is plain data, without gradient).
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ def overfit_spec(assignment: str, settings: dict, threads: int = 1) -> dict:
 OWN_CLASSES = {"one_stage": ("FCOS", "FCOSPredictionNetwork"), "two_stage": ("FasterRCNN", "RPN", "RPNPredictionNetwork")}
 #: Classes the harness can stand in for (its given backbone).
 GIVEN_CLASSES = ("DetectorBackboneWithFPN",)
+#: Functions whose outputs carry the gradient of training: an oracle answer (plain data
+#: computed in the grader) would cut it, so the student's version is used even when it failed.
+DIFFERENTIABLE = ("flatten_anchor_predictions", "pool_roi_features")
 
 
 def failed_functions(checks) -> list[str]:
@@ -145,13 +150,21 @@ def overfit_results(sandbox, source: str, assignment: str, rubric: dict, *, defi
         return [result]
     # Functions that failed (or lack) their own checks come from the reference: a bug costs its points once.
     replaced = [n for n in STUDENT_FUNCTIONS[assignment]
-                if n not in own and (n in failed or n not in defined) and (n not in CLASSES or n in GIVEN_CLASSES)]
-    kept_failing = [n for n in failed if n in own]
+                if n not in own and n not in DIFFERENTIABLE and (n in failed or n not in defined)
+                and (n not in CLASSES or n in GIVEN_CLASSES)]
+    kept_failing = [n for n in failed if n in own or n in DIFFERENTIABLE]
+    unusable = [n for n in DIFFERENTIABLE if n in STUDENT_FUNCTIONS[assignment] and n not in defined]
+    if unusable:
+        result.status, result.message = FAILED, (f"not run: {', '.join(unusable)} not defined (the training "
+                                                 "gradient flows through it, so the reference cannot stand in)")
+        return [result]
     limits = limits_for(rubric, "overfit")
     spec = overfit_spec(assignment, settings)
     spec["given_backbone"] = "DetectorBackboneWithFPN" in replaced
+    # One intra-op thread: the trajectory depends on the thread count (the thresholds were
+    # measured with one), and on a loaded 2-core machine two threads ran several times slower.
     values, failure, output = _run_job(sandbox, source, assignment, spec, replaced, defined,
-                                       limits={**limits, "threads": threads})
+                                       limits={**limits, "threads": 1})
     result.output = output[-4000:]
     notes = ""
     if replaced:
