@@ -650,6 +650,8 @@ def proc_overfit(ns, spec, devices):
 
     device = torch.device(spec.get("device", "cpu"))
     _seed(spec.get("seed", 0))
+    # A backbone of the student's that failed its own checks was replaced by the
+    # grader's given one before this procedure ran (``given_sources`` of the job).
     model = build_detector(ns, spec).to(device)
     frozen = []
     if spec.get("freeze_trunk"):
@@ -706,7 +708,11 @@ def proc_overfit(ns, spec, devices):
         recent = history["total"][-window:]
         if stop_below is not None and len(recent) == window and sum(recent) / window < stop_below:
             break
-    return {"history": history, "seconds": time.perf_counter() - start, "iterations": len(history["total"])}
+    # The trained weights go back to the grader, which judges them itself (the
+    # history above is only shown to the student: it is the student's own loss).
+    model.eval()
+    return {"history": history, "seconds": time.perf_counter() - start, "iterations": len(history["total"]),
+            "state_dict": to_plain(dict(model.state_dict()))}
 
 
 def proc_predict(ns, spec, devices):
@@ -731,21 +737,39 @@ def proc_predict(ns, spec, devices):
 
 
 def proc_train(ns, spec, devices):
-    """Train the student's detector with a full schedule on a dataset read from
-    ``spec["voc_dir"]`` (bound read-only into the sandbox); return its weights."""
+    """Train the student's detector on the dataset in ``spec["voc_dir"]`` (bound
+    read-only into the sandbox) with ``spec["train_config"]``; return only its
+    weights (the grader evaluates them itself) and how long it took.
+
+    The same code on CPU and GPU: images are cached as uint8 on ``device`` and
+    normalised there, as the main job does."""
     import torch
     from data_utils.engine import TrainConfig, train_detector
     from data_utils.loaders import build_loader
     from data_utils.voc import VOCDetection
 
     device = torch.device(spec.get("device", "cuda"))
-    _seed(spec.get("seed", 0))
+    seed = int(spec.get("seed", 0))
+    _seed(seed)
     model = build_detector(ns, spec)
+    if spec.get("head_init") == "pytorch":
+        # The from-scratch recipe of the embedded presets (data_utils.head_init).
+        from data_utils.head_init import reinit_head_stems
+
+        reinit_head_stems(model)
     dataset = VOCDetection(spec["voc_dir"], spec.get("split", "train"), train=True)
-    loader = build_loader(dataset, spec["batch_size"], train=True)
+    # The uint8 cache file goes to the sandbox's scratch folder (the dataset is read-only).
+    from pathlib import Path
+
+    from data_utils.cache import CachedVOC
+
+    cached = CachedVOC(dataset, cache_path=Path.cwd() / "train_cache.pt", device=device, progress=False)
+    loader = build_loader(cached, int(spec["batch_size"]), seed=seed, uint8=True)
     config = TrainConfig(**spec["train_config"])
-    state = train_detector(model, loader, config, device=str(device), progress=False)
-    return {"state_dict": to_plain(dict(model.state_dict())), "history": state.history}
+    start = time.perf_counter()
+    train_detector(model, loader, config, device=str(device), progress=False)
+    model.eval()
+    return {"state_dict": to_plain(dict(model.state_dict())), "seconds": time.perf_counter() - start}
 
 
 def proc_load(ns, spec, devices):

@@ -236,18 +236,24 @@ class BatchInterrupted(Exception):
 
 def run_batch(folder: str | os.PathLike, assignment: str, *, jobs: int = 1, out: str | os.PathLike = "grades.csv",
               results_dir: str | os.PathLike | None = None, extra_args: list[str] | None = None, timeout: float = 1800.0,
-              force: bool = False, log=print) -> list[dict]:
+              force: bool = False, log=print, shard: str | None = None) -> list[dict]:
     """Grade every submission of ``folder``; see the module docstring.
 
     A submission is skipped when its report exists for the same assignment and
     the same content (:func:`content_hash`): a changed resubmission is
-    regraded; ``force`` regrades all.  Ctrl-C or SIGTERM ends every child
-    grader (and so its sandbox) and raises :class:`BatchInterrupted`."""
+    regraded; ``force`` regrades all.  ``shard="K/N"`` grades only this
+    machine's deterministic slice (:mod:`grader.shards`).  Ctrl-C or SIGTERM
+    ends every child grader (and so its sandbox) and raises
+    :class:`BatchInterrupted`."""
     folder = Path(folder)
     out = Path(out)
     results_dir = Path(results_dir) if results_dir else out.with_suffix("").with_name(out.stem + "_reports")
     results_dir.mkdir(parents=True, exist_ok=True)
     submissions = discover(folder, assignment)
+    if shard is not None:
+        from grader.shards import select_shard
+
+        submissions = select_shard(submissions, shard)  # this machine's deterministic slice
     notes = id_notes(submissions)
     for note in sorted(set(notes.values())):
         log(f"note: {note}")

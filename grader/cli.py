@@ -2,9 +2,10 @@
 
     python -m grader grade SUBMISSION --assignment {one_stage,two_stage}
         [--json out.json] [--gradescope results.json] [--feedback feedback.md]
-        [--weights trained.pt] [--voc-root DIR] [--retrain]
+        [--weights trained.pt] [--voc-root DIR] [--retrain [--device cpu|cuda] [--retrain-iters N]]
         [--no-overfit] [--no-map] [--functions a,b] [--sandbox auto|bwrap|fallback]
-    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR] [--force]
+    python -m grader batch FOLDER --assignment A --jobs N --out grades.csv [--results-dir DIR] [--force] [--shard K/N]
+    python -m grader merge REPORT_DIRS... --out grades.csv
     python -m grader gradescope-bundle --assignment A --out bundle.zip
     python -m grader export-sanity ASSIGNMENT [--out FILE]
     python -m grader sandbox-info
@@ -29,7 +30,10 @@ def _grade_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
     p.add_argument("--weights", help="trained weights of the student's model for the mAP gate (state_dict or checkpoint)")
     p.add_argument("--voc-root", help="PASCAL VOC 2007 (VOCdevkit or VOC2007 folder) for the mAP gate (default: $VOC_ROOT)")
-    p.add_argument("--retrain", action="store_true", help="mAP gate: retrain the student's model on VOC (needs a GPU)")
+    p.add_argument("--retrain", action="store_true",
+                   help="mAP gate: retrain the student's model (VOC if found, else the embedded dataset) in the sandbox")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="--retrain on this device (default: cuda when present)")
+    p.add_argument("--retrain-iters", type=int, help="--retrain with N iterations (a rubric schedule of that length, or an unscored smoke run)")
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit test")
     p.add_argument("--no-map", action="store_true", help="leave out the mAP gate")
     p.add_argument("--sandbox", choices=("auto", "bwrap", "fallback"), default=None,
@@ -59,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission (default 1800)")
     b.add_argument("--functions", help="comma-separated functions to grade (default: all)")
     b.add_argument("--force", action="store_true", help="regrade every submission (default: skip unchanged ones)")
+    b.add_argument("--shard", help="grade only shard K/N of the folder (sorted ids, round robin; see grader/shards.py)")
+
+    m = sub.add_parser("merge", help="join the reports folders of several shards into one CSV")
+    m.add_argument("report_dirs", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--assignment", "-a", choices=ASSIGNMENTS)
 
     gs = sub.add_parser("gradescope-bundle", help="write the Gradescope autograder zip")
     gs.add_argument("--assignment", "-a", required=True, choices=ASSIGNMENTS)
@@ -97,7 +107,7 @@ def cmd_grade(args) -> int:
         functions=args.functions.split(",") if args.functions else None,
         include_overfit=not args.no_overfit, include_map=not args.no_map,
         sandbox_mode=args.sandbox, weights=args.weights, voc_root=args.voc_root, retrain=args.retrain,
-        progress=progress,
+        device=args.device, retrain_iters=args.retrain_iters, progress=progress,
     )
     if args.json:
         _write(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
@@ -120,6 +130,10 @@ def cmd_batch(args) -> int:
         extra += ["--voc-root", args.voc_root]
     if args.retrain:
         extra.append("--retrain")
+    if args.device:
+        extra += ["--device", args.device]
+    if args.retrain_iters is not None:
+        extra += ["--retrain-iters", str(args.retrain_iters)]
     if args.no_overfit:
         extra.append("--no-overfit")
     if args.no_map:
@@ -130,10 +144,16 @@ def cmd_batch(args) -> int:
         extra += ["--functions", args.functions]
     from grader.batch import BatchInterrupted
     from grader.grade import EXIT_CANNOT_GRADE, GraderInfrastructureError
+    from grader.shards import parse_shard
 
     try:
+        parse_shard(args.shard)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         rows = run_batch(args.folder, args.assignment, jobs=args.jobs, out=args.out, results_dir=args.results_dir,
-                         extra_args=extra, timeout=args.timeout, force=args.force)
+                         extra_args=extra, timeout=args.timeout, force=args.force, shard=args.shard)
     except BatchInterrupted as error:
         print(error, file=sys.stderr)
         return 130
@@ -158,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CANNOT_GRADE
     if args.command == "batch":
         return cmd_batch(args)
+    if args.command == "merge":
+        from grader.shards import merge_reports
+
+        try:
+            rows = merge_reports(args.report_dirs, args.out, assignment=args.assignment)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} ({len(rows)} rows from {len(args.report_dirs)} report folders)")
+        return 0
     if args.command == "gradescope-bundle":
         from grader.gradescope import build_bundle
 

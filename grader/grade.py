@@ -200,6 +200,8 @@ def grade_source(
     weights: str | os.PathLike | None = None,
     voc_root: str | os.PathLike | None = None,
     retrain: bool = False,
+    device: str | None = None,
+    retrain_iters: int | None = None,
     rubric: dict | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
@@ -270,10 +272,10 @@ def grade_source(
         if not only_overfit:
             _grade_functions(report, sandbox, source, assignment, wanted, defined, broken, rubric, load_failure, progress)
         if include_overfit:
-            from grader.overfit import overfit_results
+            from grader.overfit import failed_functions, overfit_results
 
             for result in overfit_results(sandbox, source, assignment, rubric, defined=defined, load_failure=load_failure,
-                                          threads=threads):
+                                          threads=threads, failed=failed_functions(report.checks)):
                 report.checks.append(result)
                 if progress:
                     progress(result)
@@ -281,7 +283,8 @@ def grade_source(
             from grader.map_gate import map_results
 
             for result in map_results(sandbox, source, assignment, rubric, weights=weights, voc_root=voc_root,
-                                      retrain=retrain, defined=defined, load_failure=load_failure, threads=threads):
+                                      retrain=retrain, defined=defined, load_failure=load_failure, threads=threads,
+                                      device=device, retrain_iters=retrain_iters, submission=submission):
                 report.checks.append(result)
                 if progress:
                     progress(result)

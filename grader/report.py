@@ -171,8 +171,10 @@ def gradescope_results(report: GradeReport) -> dict:
             "visibility": "visible",
         }
         if skipped:
-            test["status"] = "passed"
-            test["output"] = "\n".join(lines)
+            # Skipped is not passed: no status (Gradescope shows neither a pass nor a fail), the reason first.
+            del test["status"]
+            test["name"] = f"{function} (skipped)"
+            test["output"] = "SKIPPED (not counted): " + "\n".join(_first_line(c.message, 400) for c in checks)
         tests.append(test)
     summary = [f"Score {report.score:g} / {report.max_score:g}."]
     summary += [f"Problem: {_first_line(e, 400)}" for e in report.errors]
@@ -213,5 +215,6 @@ def csv_row(student: str, report: GradeReport) -> dict:
            "status": "graded" if not report.errors else "graded with problems", "seconds": report.seconds,
            "error": _csv_safe(_first_line(report.errors[0], 200)) if report.errors else ""}
     for function, checks in report.by_function().items():
-        row[function] = round(sum(c.points for c in checks), 4)
+        # A gate that could not run reads "skipped", never a 0 that looks like a failure.
+        row[function] = "skipped" if all(c.status == SKIPPED for c in checks) else round(sum(c.points for c in checks), 4)
     return row
