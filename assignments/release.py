@@ -32,7 +32,7 @@ def release_problems(folder: Path, assignment: str) -> list[str]:
         problems.append(f"{notebook.name} is missing")
     else:
         cells = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
-        if not cells or cells[0].metadata.get("nbgrader", {}).get("grade_id") != "setup":
+        if not cells or f'ASSIGNMENT = "{assignment}"' not in cells[0].source or "detection_course_student-" not in cells[0].source:
             problems.append(f"{notebook.name}: the first code cell is not the set-up cell")
     tools = folder / f"{TOOLS_MODULE}.py"
     if not tools.is_file():

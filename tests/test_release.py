@@ -40,7 +40,9 @@ def fresh_clone(dest: Path) -> Path:
 
 
 def nbgrader(clone: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(clone)}
+    env = {**os.environ, "PYTHONPATH": str(clone),  # nbgrader runs alembic by name: this interpreter's bin/ first
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env.pop("NBGRADER_DB_URL", None)
     return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=clone / "assignments" / "course", env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -56,6 +58,7 @@ def released(tmp_path_factory) -> Path:
     return clone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))
 def test_generating_from_a_fresh_clone_releases_the_student_package(released, name):
     release = released / "assignments" / "course" / "release" / name
@@ -63,6 +66,7 @@ def test_generating_from_a_fresh_clone_releases_the_student_package(released, na
     assert release_problems(release, name) == []
 
 
+@pytest.mark.slow
 def test_generate_assignment_stops_naming_the_build_command_when_a_generated_file_is_missing(tmp_path):
     clone = fresh_clone(tmp_path / "clone")
     (clone / "assignments/course/source/one_stage/one_stage_sanity.pt").unlink()
@@ -86,6 +90,7 @@ def test_ensure_release_files_rebuilds_a_stale_wheel_and_keeps_a_fresh_one(tmp_p
         ensure_release_files(source, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_release_problems_names_each_missing_piece(released, tmp_path):
     release = tmp_path / "one_stage"
     shutil.copytree(released / "assignments/course/release/one_stage", release)
@@ -95,6 +100,7 @@ def test_release_problems_names_each_missing_piece(released, tmp_path):
     assert "course_tools.py is missing" in problems and "no student package" in problems, problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))
 def test_first_cells_of_the_release_work_with_only_the_student_package(released, name, tmp_path):
     """pip-install the released wheel alone, then run the release notebook's set-up and
@@ -123,3 +129,60 @@ print("DATA_UTILS", data_utils.__file__)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "No GPU: running on the CPU" in proc.stdout or "GPU:" in proc.stdout, proc.stdout
     assert f"DATA_UTILS {site}" in proc.stdout, proc.stdout
+
+
+def _setup_source(name: str) -> str:
+    from assignments import build
+
+    cells = [c for c in build.build_notebook(ASSIGNMENTS[name]).cells if c.cell_type == "code"]
+    return cells[0].source
+
+
+def _fake_colab(monkeypatch, mounted: list):
+    import types
+
+    google, colab, drive = (types.ModuleType(n) for n in ("google", "google.colab", "google.colab.drive"))
+    drive.mount = mounted.append
+    colab.drive = drive
+    google.colab = colab
+    for module in (google, colab, drive):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+def test_colab_setup_with_a_wrong_drive_folder_says_what_to_fix(monkeypatch, tmp_path):
+    mounted: list = []
+    _fake_colab(monkeypatch, mounted)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    source = _setup_source("one_stage").replace("/content/drive/MyDrive/detection-course/one_stage",
+                                                str(tmp_path / "not-there"))
+    with pytest.raises(Exception) as error:
+        exec(compile(source, "<setup>", "exec"), namespace)
+    assert type(error.value).__name__ == "SetupError" and not isinstance(error.value, FileNotFoundError)
+    assert "does not exist on your Google Drive" in str(error.value) and "DRIVE_FOLDER" in str(error.value)
+    assert error.value._render_traceback_() == [f"SetupError: {error.value}"]  # one line in Jupyter
+    assert mounted == ["/content/drive"]
+
+
+def test_colab_setup_without_a_gpu_says_how_to_switch_the_runtime(monkeypatch, tmp_path, capsys):
+    import torch
+
+    _fake_colab(monkeypatch, [])
+    folder = tmp_path / "one_stage"
+    shutil.copytree(ASSIGNMENTS["one_stage"].source_dir, folder, ignore=shutil.ignore_patterns("*.ipynb"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    source = _setup_source("one_stage").replace("/content/drive/MyDrive/detection-course/one_stage", str(folder))
+    exec(compile(source, "<setup>", "exec"), {})
+    out = capsys.readouterr().out
+    assert "Change runtime type" in out and "GPU" in out
+    assert Path.cwd() == folder
+
+
+def test_readme_for_students_describes_what_a_student_has():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## For students"):text.index("## For instructors")]
+    for needed in ("pip install detection_course_student-*.whl jupyterlab", "DRIVE_FOLDER", "Change runtime type",
+                   "data_utils/conventions.py", "conda create"):
+        assert needed in section, needed
+    assert "solutions/" not in section and "./run" not in section
