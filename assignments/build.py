@@ -313,13 +313,16 @@ def ensure_release_files(source_root: Path | None = None, names: list[str] | Non
     missing or differs from what the current sources give (the build is
     reproducible: same sources, same bytes), and raises :class:`BuildError`
     naming the command to run when a committed file (notebook, helper,
-    fixtures) is missing.  Returns the wheels it wrote.
+    fixtures) is missing.  ``names`` defaults to the assignments that have a
+    folder under ``source_root``.  Returns the wheels it wrote.
     """
     from assignments.student_package import build_wheel, wheel_name, wheel_problems
 
     source_root = Path(source_root) if source_root is not None else SOURCE_DIR
+    if names is None:  # the assignments this course folder holds (a copy may hold only one)
+        names = [name for name in ASSIGNMENTS if (source_root / name).is_dir()]
     written = []
-    for name in names or list(ASSIGNMENTS):
+    for name in names:
         spec = ASSIGNMENTS[name]
         folder = source_root / name
         missing = [f for f in committed_files(spec) if not (folder / f).is_file()]

@@ -111,3 +111,19 @@ def test_fixed_loss_fixtures_hold_only_the_compared_losses():
                 for step in case["expected"]["outputs"]:
                     assert sorted(step) == sorted(case["compare"]["keys"])
                     assert all(isinstance(v, torch.Tensor) and torch.isfinite(v) for v in step.values())
+
+
+@pytest.mark.parametrize("assignment", ["one_stage", "two_stage"])
+def test_grader_keeps_its_visible_checks_and_their_weights(assignment):
+    """The fixed-loss cases are notebook-only (a hidden check grades the same
+    computation): the grader's visible checks, and so every score, are unchanged,
+    and each of them still has a rubric weight."""
+    from grader.checks import registry
+    from grader.rubric import load_rubric, weight_for
+
+    visible = {c.id for c in registry(assignment) if c.visible}
+    cases = sanity_cases(assignment)
+    assert visible == {c.id for c in cases if c.graded}
+    assert {c.id for c in cases if not c.graded} == {c.id for c in cases if c.compare["kind"] == "losses"}
+    rubric = load_rubric()
+    assert all(weight_for(rubric, assignment, check_id) > 0 for check_id in visible)
