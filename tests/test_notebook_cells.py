@@ -294,3 +294,22 @@ def test_demo_cells_accept_course_style_code(name, data_dir):
                 namespace["fcos_get_deltas_from_locations"] = strict_deltas
             ran += 1
     assert ran > 10
+
+
+def test_under_nbgrader_a_failed_visible_check_leaves_the_points_to_the_hidden_tests(capsys, monkeypatch):
+    """A bug in a collaborator (centerness) makes FCOS's loss check fail in the
+    student's namespace; while grading, the cell must go on to the hidden tests,
+    which isolate FCOS, so one bug costs points once."""
+    from assignments import course_tools
+
+    monkeypatch.setattr(course_tools, "HERE", ASSIGNMENTS["two_stage"].source_dir)
+
+    def iou(boxes1, boxes2):
+        return boxes1.new_zeros(len(boxes1), len(boxes2))
+
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    course_tools.check("iou", namespace={"iou": iou})  # prints, does not raise
+    assert "[FAIL]" in capsys.readouterr().out
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    with pytest.raises(course_tools.SanityCheckFailed):
+        course_tools.check("iou", namespace={"iou": iou})

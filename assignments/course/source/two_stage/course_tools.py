@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
 import sys
 import zipfile
@@ -89,7 +90,11 @@ def check(name: str, assignment: str | None = None, namespace: dict | None = Non
     Runs the visible cases of ``name`` (inputs and expected outputs stored in
     ``<assignment>_sanity.pt`` next to this file, computed by the reference)
     on the function defined in your notebook, prints one line per case with
-    its relative error, and raises ``AssertionError`` when a case fails.
+    its relative error (where a value is compared), and raises
+    :class:`SanityCheckFailed` (an ``AssertionError``) when a case fails --
+    except while nbgrader grades the notebook (``NBGRADER_EXECUTION``): then
+    the hidden tests after it decide the cell's points, with the other
+    functions isolated.  A stub raises :class:`NotImplementedYet`.
     ``assignment`` defaults to the one whose functions include ``name``
     (this folder's assignment first).
     """
@@ -117,7 +122,16 @@ def check(name: str, assignment: str | None = None, namespace: dict | None = Non
 
     print_results(results)
     if failed:
-        raise SanityCheckFailed(f"{len(failed)} of {len(results)} sanity checks of {name} failed (see above)")
+        message = f"{len(failed)} of {len(results)} sanity checks of {name} failed (see above)"
+        if any("fixed_losses" in r.id for r in failed):
+            message += ("; the loss checks also run the functions your class calls (matching, deltas, "
+                        "centerness, sampling): make their checks pass first")
+        if os.environ.get("NBGRADER_EXECUTION"):
+            # Grading: the hidden tests that follow decide this cell's points, with the
+            # other functions replaced by working ones, so one bug costs points once.
+            print(f"  ({message})")
+            return
+        raise SanityCheckFailed(message)
 
 
 # --------------------------------------------------------------------------- training
