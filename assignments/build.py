@@ -324,6 +324,64 @@ def build_assignment(spec: AssignmentSpec, out_dir: Path | None = None, *, wheel
     return written
 
 
+BUILD_COMMAND = "python -m assignments build"
+
+
+def ensure_release_files(source_root: Path | None = None, names: list[str] | None = None, log=print) -> list[Path]:
+    """Make every assignment's source folder complete for ``nbgrader generate_assignment``.
+
+    The student wheel is a build output that git ignores, so a fresh clone has
+    none and nbgrader would silently release a folder whose first cell cannot
+    install anything.  This builds the wheel into each folder when it is
+    missing or differs from what the current sources give (the build is
+    reproducible: same sources, same bytes), and raises :class:`BuildError`
+    naming the command to run when a committed file (notebook, helper,
+    fixtures) is missing.  ``names`` defaults to the assignments that have a
+    folder under ``source_root``.  Returns the wheels it wrote.
+    """
+    from assignments.student_package import build_wheel, wheel_name, wheel_problems
+
+    source_root = Path(source_root) if source_root is not None else SOURCE_DIR
+    if names is None:  # the assignments this course folder holds (a copy may hold only one)
+        names = [name for name in ASSIGNMENTS if (source_root / name).is_dir()]
+    written = []
+    for name in names:
+        spec = ASSIGNMENTS[name]
+        folder = source_root / name
+        missing = [f for f in committed_files(spec) if not (folder / f).is_file()]
+        if missing:
+            raise BuildError(f"{folder} lacks {', '.join(missing)}: run `{BUILD_COMMAND}` from the repository root")
+        wheel = folder / wheel_name()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                fresh = build_wheel(Path(tmp))
+                if wheel.is_file() and wheel.read_bytes() == fresh.read_bytes():
+                    continue
+                problems = wheel_problems(fresh)
+                if problems:
+                    raise BuildError("the student wheel would hold answers: " + "; ".join(problems))
+                for old in folder.glob("detection_course_student-*.whl"):
+                    old.unlink()
+                shutil.copyfile(fresh, wheel)
+        except OSError as error:
+            raise BuildError(f"could not write the student wheel into {folder} ({error}): "
+                             f"run `{BUILD_COMMAND}` from the repository root") from error
+        log(f"built the student package {wheel} (the release needs it next to the notebook)")
+        written.append(wheel)
+    return written
+
+
+def ensure_release_files_or_exit(source_root: Path | None = None) -> None:
+    """:func:`ensure_release_files` for ``nbgrader_config.py``: stops the nbgrader
+    command with the message (traitlets would log and ignore an exception)."""
+    import sys
+
+    try:
+        ensure_release_files(source_root, log=lambda text: print(text, file=sys.stderr))
+    except BuildError as error:
+        sys.exit(f"cannot generate the assignment: {error}")
+
+
 def build(names: list[str] | None = None, out_root: Path | None = None, **kwargs) -> list[Path]:
     out_root = out_root or SOURCE_DIR
     written = []

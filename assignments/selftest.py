@@ -75,6 +75,7 @@ class AssignmentReport:
     planted_bug: bool = True
     #: {path: {student: {function or "overfit": points}}} for path in nbgrader, batch, gradescope.
     path_points: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    release_problems: list[str] = field(default_factory=list)
 
 
 def _env() -> dict[str, str]:
@@ -309,6 +310,9 @@ def run_assignment(course: Path, assignment: str, log=print, plant: bool = True,
 
     nbgrader(course, "generate_assignment", assignment, "--force")
     lap("generate_assignment")
+    from assignments.release import release_problems
+
+    report.release_problems = release_problems(course / "release" / assignment, assignment)
     source_nb = course / "source" / assignment / f"{assignment}.ipynb"
     release_nb = course / "release" / assignment / f"{assignment}.ipynb"
     report.validate_source = nbgrader(course, "validate", str(source_nb)).stdout.strip()
@@ -409,6 +413,7 @@ def expected_problems(report: AssignmentReport) -> list[str]:
         problems.append(f"cells raising in the reference run: {report.errors_in_reference}")
     if report.feedback_leaks:
         problems.append(f"hidden tests visible in feedback: {report.feedback_leaks}")
+    problems += [f"release: {problem}" for problem in report.release_problems]
     return problems + path_problems(report)
 
 

@@ -125,8 +125,14 @@ def test_cpu_profile_trains_the_main_jobs_recipe(built, name, monkeypatch):
 
     import torch
 
-    namespace = {"os": os, "torch": torch}
-    exec(compile(cell.source, f"{name}:settings", "exec"), namespace)
+    from assignments.course_tools import laptop_threads
+
+    namespace = {"os": os, "torch": torch, "laptop_threads": laptop_threads}
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(cell.source, f"{name}:settings", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
     settings, preset = namespace["SETTINGS"], PRESETS[_PRESET_OF[name]]
     assert namespace["PROFILE"] == "cpu"
     train = preset.train
@@ -248,10 +254,38 @@ def test_submission_refuses_a_missing_or_unfinished_notebook_and_accepts_a_compl
 
     nbformat.write(built["one_stage"], path)
     monkeypatch.chdir(tmp_path)
-    archive = course_tools.make_submission("one_stage")
+    with pytest.raises(RuntimeError, match="one_stage_weights.pt is missing next to the notebook"):
+        course_tools.make_submission("one_stage")
+    archive = course_tools.make_submission("one_stage", weights=False)
     with zipfile.ZipFile(archive) as z:
         assert z.namelist() == ["one_stage.ipynb"]
         assert z.read("one_stage.ipynb") == path.read_bytes()
+
+
+def test_submission_carries_the_saved_weights_with_a_size_check(built, tmp_path, monkeypatch):
+    """What the notebook's save cell writes goes into the archive; a file that is too
+    large or not a checkpoint is refused with the reason."""
+    import torch
+
+    from assignments import course_tools
+    from data_utils.engine import save_checkpoint
+
+    path = tmp_path / "one_stage.ipynb"
+    nbformat.write(built["one_stage"], path)
+    weights = tmp_path / "one_stage_weights.pt"
+    config = {"detector": "fcos", "num_classes": 20, "fpn_channels": 8, "stem_channels": [8]}
+    save_checkpoint(weights, torch.nn.Linear(3, 2), model_config=config)
+    archive = course_tools.make_submission("one_stage", path)
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == ["one_stage.ipynb", "one_stage_weights.pt"]
+        assert z.read("one_stage_weights.pt") == weights.read_bytes()
+    monkeypatch.setattr(course_tools, "WEIGHTS_LIMIT_MIB", 0.0001)
+    with pytest.raises(RuntimeError, match=r"one_stage_weights.pt is \d+ MiB, more than"):
+        course_tools.make_submission("one_stage", path)
+    monkeypatch.undo()
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="not a readable checkpoint"):
+        course_tools.make_submission("one_stage", path)
 
 
 def test_submission_detects_unsaved_edits_and_deleted_cells(built, tmp_path):

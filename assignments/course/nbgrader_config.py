@@ -87,3 +87,10 @@ c.GradeWithGrader.timeout = float(os.environ.get("COURSE_GRADE_TIMEOUT", "3600")
 # Feedback: nbgrader's HTML shows hidden tests and their tracebacks by
 # default; StripHiddenTests removes both (see assignments/feedback.py).
 c.GenerateFeedback.preprocessors = [GetGrades, StripHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# A release needs the student package next to each notebook; git ignores the
+# wheel, so generating an assignment builds it (or stops, naming the command).
+if any(arg in ("generate_assignment", "assign") for arg in sys.argv[1:]):
+    from assignments.build import ensure_release_files_or_exit  # noqa: E402
+
+    ensure_release_files_or_exit(HERE / "source")
