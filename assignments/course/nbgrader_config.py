@@ -52,7 +52,8 @@ c.CourseDirectory.course_id = "detection-course"
 c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or f"sqlite:///{HERE / 'gradebook.db'}"
 c.CourseDirectory.assignment_id = ""
 # Files of an assignment folder that are never released or collected.
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*_submission.zip"]
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*_submission.zip",
+                             "*_checkpoint_*.pt"]  # training checkpoints: large, never graded
 
 # Per-cell time limit while validating / autograding.  The longest cells are
 # the hidden tests of the full detectors (a few seconds each on a 2-core CPU)
