@@ -41,7 +41,7 @@ from pathlib import Path
 
 import nbformat
 from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
-from traitlets import Float, List, Unicode
+from traitlets import Bool, Float, List, Unicode
 
 from assignments.spec import ASSIGNMENTS
 
@@ -177,8 +177,14 @@ class GradeWithGrader(NbGraderPreprocessor):
                                       "Default: $COURSE_GRADER_ARGS split on spaces.").tag(config=True)
     python = Unicode("", help="Interpreter that runs the grader (default: nbgrader's own).").tag(config=True)
 
+    map_gate = Bool(False, help="Also run the mAP gate (it has no grade cell: its points are not recorded in the "
+                                "gradebook; grade it with `python -m grader batch`, whose CSV has a map column).").tag(config=True)
+
     def _extra(self) -> list[str]:
-        return list(self.extra_args) or os.environ.get("COURSE_GRADER_ARGS", "").split()
+        extra = list(self.extra_args) or os.environ.get("COURSE_GRADER_ARGS", "").split()
+        # The notebook's maximum is its grade cells' (functions + overfit test): without a
+        # cell to hold them, the gate's points would make the grader's total differ from nbgrader's.
+        return extra if self.map_gate or "--no-map" in extra else [*extra, "--no-map"]
 
     def preprocess(self, nb: nbformat.NotebookNode, resources: dict) -> tuple[nbformat.NotebookNode, dict]:
         assignment = assignment_of(resources)
