@@ -859,7 +859,7 @@ def generate_dataset(
         return False
 
     if check_existing():
-        return final
+        return _readable_by_others(final)
     devkit.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(devkit)
     partial = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{os.getpid()}.{socket.gethostname()}.", dir=devkit))
@@ -883,7 +883,23 @@ def generate_dataset(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return final
+    return _readable_by_others(final)
+
+
+def _readable_by_others(folder: Path) -> Path:
+    """Give the dataset folder the permissions of an ordinary folder (``rwxr-xr-x``).
+
+    It was written in a ``mkdtemp`` folder (mode 0700) and renamed: the
+    grader's sandbox, which reads it as an unprivileged user, was refused.
+    Datasets generated before this fix are repaired when next found.
+    """
+    try:
+        mode = folder.stat().st_mode & 0o777
+        if mode & 0o055 != 0o055 and folder.stat().st_uid == os.getuid():
+            os.chmod(folder, mode | 0o055)
+    except OSError:
+        pass  # not ours to change; reading it still works for its owner
+    return folder
 
 
 def default_embedded_root() -> Path:

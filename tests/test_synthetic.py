@@ -389,3 +389,12 @@ def test_jpeg_has_no_metadata(small_voc: Path) -> None:
     assert data[:2] == b"\xff\xd8" and b"Exif" not in data[:200]
     with Image.open(io.BytesIO(data)) as im:
         assert set(im.info) <= {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi"}
+
+
+def test_the_dataset_folder_is_readable_by_other_users(small_voc: Path) -> None:
+    """The grader's sandbox reads the dataset as an unprivileged user: the folder written
+    through mkdtemp (mode 0700) must end up rwxr-xr-x, and an old 0700 one is repaired."""
+    assert small_voc.stat().st_mode & 0o055 == 0o055
+    os.chmod(small_voc, 0o700)
+    again = generate_dataset(small_voc.parents[1], **SMALL)
+    assert again == small_voc and small_voc.stat().st_mode & 0o055 == 0o055

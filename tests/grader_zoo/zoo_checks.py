@@ -172,11 +172,14 @@ def checks_submissions() -> list[ChecksEntry]:
                     lambda: patch(ref, "FCOSPredictionNetwork", "conv = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)",
                                   "conv = nn.Conv2d(channels, out_channels, kernel_size=1)"),
                     "FCOSPredictionNetwork", "FCOSPredictionNetwork/forward_same_weights",
-                    ("stem_cls.0.weight has shape [16, 16, 1, 1], expected [16, 16, 3, 3]",), honest=H1),
+                    # hidden messages name the layer and its shape, not the expected shape (rubric gates)
+                    ("stem_cls.0.weight has shape [16, 16, 1, 1]",), honest=H1),
         ChecksEntry("course_head_centerness_on_the_class_stem", ONE,
                     lambda: replace_def(ref, "FCOSPredictionNetwork", course_head("cls_x")),
                     "FCOSPredictionNetwork", "FCOSPredictionNetwork/forward_same_weights", ("box stem",), honest=H1,
-                    min_points=8.0 - 3.0 - 1e-6),
+                    # the init check (2 points) still counts; the shape checks are gated on the
+                    # forward check this bug fails (grader/gates.py), so they do not
+                    min_points=2.0 - 1e-6, max_points=2.0 + 1e-6),
         ChecksEntry("match_exclusive_lower_bound", ONE,
                     lambda: patch(ref, "fcos_match_locations_to_gt", "(farthest >= lower[:, None])", "(farthest > lower[:, None])"),
                     "fcos_match_locations_to_gt", "fcos_match_locations_to_gt/ties", ("lower bound",), honest=H1),
