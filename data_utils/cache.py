@@ -103,13 +103,13 @@ class CachedVOC(Dataset):
     """
 
     def __init__(self, dataset: VOCDetection, cache_path: Path | None = None, *, device: str | torch.device = "cpu",
-                 progress: bool = True):
+                 progress: bool = True, num_workers: int | None = None):
         self.dataset = dataset
         self.train = dataset.train
         self.image_size = dataset.image_size
         self.image_ids = dataset.image_ids
         self.class_names = dataset.class_names
-        self.path = build_cache(dataset, cache_path, progress=progress)
+        self.path = build_cache(dataset, cache_path, progress=progress, num_workers=num_workers)
         payload = torch.load(self.path, map_location="cpu", weights_only=True)
         if payload["image_ids"] != list(dataset.image_ids):
             raise DatasetError(f"{self.path}: cache does not match split {dataset.split!r}; delete it to rebuild.")

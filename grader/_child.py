@@ -763,7 +763,8 @@ def proc_train(ns, spec, devices):
 
     from data_utils.cache import CachedVOC
 
-    cached = CachedVOC(dataset, cache_path=Path.cwd() / "train_cache.pt", device=device, progress=False)
+    # Decoded in this process: worker processes need shared-memory semaphores the sandbox refuses.
+    cached = CachedVOC(dataset, cache_path=Path.cwd() / "train_cache.pt", device=device, progress=False, num_workers=0)
     loader = build_loader(cached, int(spec["batch_size"]), seed=seed, uint8=True)
     config = TrainConfig(**spec["train_config"])
     start = time.perf_counter()
