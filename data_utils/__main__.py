@@ -39,6 +39,11 @@ def cmd_main(argv: list[str]) -> int:
     parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated subset of %(default)s")
     parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the initialisation, the shuffling and the flips (default: the preset's, 0)")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default=None,
+                        help="memory format of the training step (default: the preset's, channels_last; "
+                             "benchmarks/bench_main_job.py compares the two)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars; one line when each long stage starts and ends, for logs")
     args = parser.parse_args(argv)
@@ -56,7 +61,8 @@ def cmd_main(argv: list[str]) -> int:
     print(f"wrote {args.out / 'samples.png'}")
     results = {}
     for detector in detectors:
-        preset = preset_with(f"{detector}-embedded", max_iters=args.iters)
+        preset = preset_with(f"{detector}-embedded", max_iters=args.iters, seed=args.seed,
+                             channels_last=None if args.memory_format is None else args.memory_format == "channels_last")
         print(f"\n== {detector}: {preset.train.max_iters} iterations, batch {preset.batch_size}, "
               f"FPN {preset.fpn_channels}, random init ==")
         results[detector] = run_experiment(preset, voc_dir, args.out / detector, device=args.device,

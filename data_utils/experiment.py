@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -57,7 +59,7 @@ class Preset:
 
 #: Training settings of the CPU runs on the embedded dataset (12-16 minutes per detector on 2 cores).
 _EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=50,
-                              grad_clip=10.0)
+                              grad_clip=10.0, channels_last=True)
 
 PRESETS: dict[str, Preset] = {
     # The course's full schedules (ANCHORS.md 1.3): batch 16, 9000 iterations, FPN 128.
@@ -170,9 +172,26 @@ def run_experiment(
         "train_images": len(train_set),
         "eval_images": len(eval_set),
         "eval_split": eval_split,
+        "seed": preset.train.seed,
+        "memory_format": "channels_last" if preset.train.channels_last else "contiguous",
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine_description(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def machine_description() -> str:
+    """"<CPU model>, <n> CPUs" (or the GPU's name): what a timing was measured on."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} CPUs"
 
 
 class _Stages:

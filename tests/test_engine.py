@@ -215,3 +215,35 @@ def test_save_load_and_export_detections(voc, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.pt"):
         load_detections(tmp_path / "junk.pt")
+
+
+class _LayoutProbe(TinyDetector):
+    """Records the memory format of every batch the engine hands it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, images, gt_boxes):
+        self.seen.append(images.is_contiguous(memory_format=torch.channels_last))
+        return super().forward(images, gt_boxes)
+
+
+def test_channels_last_trains_the_same_numbers_in_the_other_layout(voc, tmp_path):
+    """The reference presets train NHWC for speed; the layout must change the speed and nothing else."""
+    runs = {}
+    for channels_last in (False, True):
+        loader = build_loader(VOCDetection(voc, "train", train=True), batch_size=2, num_workers=0, seed=0)
+        torch.manual_seed(0)
+        model = _LayoutProbe()
+        state = train_detector(model, loader, TrainConfig(max_iters=6, optimizer="adamw", lr=0.05,
+                                                          channels_last=channels_last),
+                               device="cpu", progress=False, checkpoint_path=tmp_path / f"cl{channels_last}.pt")
+        assert model.seen == [channels_last] * 6
+        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        runs[channels_last] = (state.history["total"], model)
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    # The checkpoint of the NHWC run loads into a plain (contiguous) model.
+    plain = TinyDetector()
+    load_checkpoint(tmp_path / "clTrue.pt", plain)
+    torch.testing.assert_close(plain.conv.weight, runs[True][1].conv.weight.contiguous())
