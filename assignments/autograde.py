@@ -44,6 +44,8 @@ from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
 from traitlets import Bool, Float, List, Unicode
 
 from assignments.spec import ASSIGNMENTS
+from grader.report import cell_summary
+from grader.results import CheckResult, GradeReport
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Grade cell ids: ``check-<function>`` (and ``check-overfit``).
@@ -116,24 +118,10 @@ def function_results(report: dict, name: str) -> tuple[float, float, list[dict]]
     return sum(c["points"] for c in checks), sum(c["max_points"] for c in checks), checks
 
 
-def cell_text(name: str, earned: float, available: float, checks: list[dict], report: dict) -> str:
-    """What a grade cell shows: one line per check (hidden ones by title), then the points."""
-    lines = []
-    for c in checks:
-        mark = {"passed": "pass", "skipped": "skip"}.get(c["status"], "FAIL")
-        line = f"  [{mark}] ({'visible' if c.get('visible') else 'hidden'}) {c['title']}"
-        message = (c.get("message") or "").strip()
-        if c["status"] != "passed" and message:
-            first = message.splitlines()[0]
-            line += ": " + (first if len(first) <= 300 else first[:297] + "...")
-        lines.append(line)
-    if not checks:
-        lines.append("  (the grader ran no check of this function)")
-    for error in report.get("errors", [])[:3]:
-        first = (error or "").strip().splitlines()[0] if (error or "").strip() else ""
-        lines.append(f"  problem with the submission: {first[:300]}")
-    lines.append(f"{name}: {earned:g} / {available:g} points (graded by `python -m grader`, outside your notebook)")
-    return "\n".join(lines) + "\n"
+def cell_text(name: str, checks: list[dict], report: dict) -> str:
+    """What a grade cell shows: :func:`grader.report.cell_summary` of the function's checks."""
+    return cell_summary(GradeReport.from_dict(report), name, checks=[CheckResult.from_dict(c) for c in checks],
+                        footer=" (graded by `python -m grader`, outside your notebook)", max_errors=3) + "\n"
 
 
 def apply_report(nb: nbformat.NotebookNode, report: dict) -> dict[str, float]:
@@ -162,7 +150,7 @@ def apply_report(nb: nbformat.NotebookNode, report: dict) -> dict[str, float]:
                                 f"{name} {available:g}: rebuild the course (python -m assignments build) and release again")
         points = round(max(0.0, min(cell_points, earned)), 4)
         cell.outputs = [
-            nbformat.v4.new_output("stream", name="stdout", text=cell_text(name, earned, available, checks, report)),
+            nbformat.v4.new_output("stream", name="stdout", text=cell_text(name, checks, report)),
             nbformat.v4.new_output("execute_result", data={"text/plain": f"{points:g}"}, execution_count=None),
         ]
         recorded[grade_id] = points

@@ -82,18 +82,27 @@ def console_table(report: GradeReport, verbose: bool = False) -> str:
     return out.getvalue()
 
 
-def cell_summary(report: GradeReport, name: str) -> str:
-    """What a graded notebook cell prints (hidden checks by title only)."""
+def cell_summary(report: GradeReport, name: str, *, checks: list[CheckResult] | None = None,
+                 footer: str = "", max_errors: int | None = None) -> str:
+    """What a graded notebook cell prints: one line per check (hidden ones by title only), the
+    submission's problems, then the points.  ``checks`` narrows the lines to one function's
+    checks (nbgrader's grade cells; the points are then theirs); ``footer`` follows the points.
+    Every student-derived line goes through :func:`clean_text` (no escape sequences)."""
+    shown = report.checks if checks is None else checks
     lines = []
-    for c in report.checks:
+    for c in shown:
         kind = "visible" if c.visible else "hidden"
         line = f"  [{'pass' if c.passed else ('skip' if c.status == SKIPPED else 'FAIL')}] ({kind}) {c.title}"
         if not c.passed and c.message:
             line += f": {_first_line(c.message, 300)}"
         lines.append(line)
-    for error in report.errors:
-        lines.append(f"  error: {_first_line(error, 300)}")
-    lines.append(f"{name}: {report.score:g} / {report.max_score:g} points")
+    if not shown:
+        lines.append("  (the grader ran no check of this function)")
+    for error in report.errors[:max_errors]:
+        lines.append(f"  problem with the submission: {_first_line(error, 300)}")
+    earned = sum(c.points for c in shown) if checks is not None else report.score
+    available = sum(c.max_points for c in shown) if checks is not None else report.max_score
+    lines.append(f"{name}: {earned:g} / {available:g} points{footer}")
     return "\n".join(lines)
 
 

@@ -35,9 +35,10 @@ def _grade_cell(grade_id: str, points: float, outputs=None) -> nbformat.Notebook
 
 
 def _report(*checks) -> dict:
-    return {"checks": [dict(function=f, kind=k, points=p, max_points=m, status="passed" if p == m else "failed",
+    return {"assignment": "one_stage", "submission": "sub.ipynb",
+            "checks": [dict(id=f"{f}.{i}", function=f, kind=k, points=p, max_points=m, status="passed" if p == m else "failed",
                             title=f"{f} check", visible=False, message="" if p == m else "values differ: x and y swapped")
-                       for f, k, p, m in checks], "errors": [], "score": 0, "max_score": 0}
+                       for i, (f, k, p, m) in enumerate(checks)], "errors": [], "score": 0, "max_score": 0}
 
 
 def test_grade_cells_get_the_graders_points_not_the_kernels():
@@ -197,3 +198,15 @@ def test_autograde_runs_the_grader_of_this_repository_whatever_else_is_importabl
     report = run_grader(sub, "two_stage", extra_args=["--functions", "iou", "--no-overfit", "--no-map"], timeout=600)
     assert report["score"] == report["max_score"] == 6.0
     assert {c["function"] for c in report["checks"]} == {"iou"}
+
+
+def test_grade_cell_text_is_escaped_like_every_other_report():
+    """A student's exception text reaches the grade cell through the report module's cleaning:
+    no terminal escape sequences, one line, and the points are the function's own."""
+    from assignments.autograde import cell_text
+
+    report = _report(("nms", "check", 0.0, 7.0), ("iou", "check", 6.0, 6.0))
+    report["checks"][0]["message"] = "\x1b[2J\x1b[31mfake: 14 / 14 points\nsecond line"
+    text = cell_text("nms", [c for c in report["checks"] if c["function"] == "nms"], report)
+    assert "\x1b" not in text and "second line" not in text
+    assert text.rstrip().endswith("nms: 0 / 7 points (graded by `python -m grader`, outside your notebook)")
