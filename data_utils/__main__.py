@@ -29,7 +29,9 @@ def _summary_table(results: dict[str, dict]) -> str:
 
 
 def cmd_main(argv: list[str]) -> int:
+    from data_utils import main_job_figures
     from data_utils.experiment import DETECTORS, preset_with, run_experiment
+    from data_utils.main_job_figures import RECIPE_ITERATIONS
     from data_utils.synthetic import ensure_embedded_dataset, format_summary, summarize
 
     parser = argparse.ArgumentParser(prog="python -m data_utils main", description=cmd_main.__doc__)
@@ -68,11 +70,17 @@ def cmd_main(argv: list[str]) -> int:
         results[detector] = run_experiment(preset, voc_dir, args.out / detector, device=args.device,
                                            resume=False, progress=not args.no_progress)
         m = results[detector]
+        recipe = "channels_last" if preset.train.channels_last else "contiguous"
+        m["expected"] = main_job_figures.summary(recipe, detector) if m["iterations"] == RECIPE_ITERATIONS else None
+        m["expectation"] = main_job_figures.expectation(detector, m["map_voc07"], recipe=recipe,
+                                                        iterations=m["iterations"])
+        (args.out / detector / "metrics.json").write_text(json.dumps(m, indent=2))
         print(f"{detector}: VOC07 mAP {100 * m['map_voc07']:.1f}% on {m['eval_images']} held-out images "
               f"(trained {m['train_seconds']:.0f} s); outputs in {args.out / detector}/")
+        print(f"{detector}: {m['expectation']}")
     table = _summary_table(results)
     (args.out / "summary.md").write_text(table + "\n")
-    (args.out / "summary.json").write_text(json.dumps(results, indent=2))
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
     print("\n" + table)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; everything is in {args.out}/")
     return 0

@@ -1,0 +1,172 @@
+"""The main job's recipe (channels-last training) against the previous one
+(contiguous NCHW), measured in one run.
+
+    python benchmarks/bench_main_job.py                 # per-iteration timing, ~3 minutes
+    python benchmarks/bench_main_job.py --full --seeds 0 1 2 --parallel 2 --write
+                                                        # every seed of both recipes end to end (~1.5 h on 2 cores)
+
+Default mode.  For each detector, both recipes train on the same cached
+batches of the embedded dataset through the real engine
+(:func:`data_utils.engine.train_detector`, AdamW, the preset's model),
+``--iters`` iterations per round, rounds interleaved so that load from other
+processes hits both alike; the figures are medians.  It prints the seconds
+per iteration of each, the ratio new / old, the training time of the whole
+recipe both ways (iterations x seconds per iteration, summed over the
+detectors) and the mean mAP of each recipe over the seeds recorded in
+:mod:`data_utils.main_job_figures`.  Target: the main job at most 15
+minutes on a 2-core machine.
+
+``--full``.  Runs ``python -m data_utils main`` once per (recipe, seed), in
+``--parallel`` processes at a time (each with ``cores / parallel`` torch
+threads; last-bit floating-point differences from the thread count are part
+of the spread the figures record), and prints every run's mAP and time, the
+mean and range per recipe and detector, and the ratio of the mean total
+times.  ``--write`` stores the runs in ``data_utils/main_job_figures.py``,
+which the main job reads to print the range a newcomer should expect.
+Timings of ``--full`` with ``--parallel`` above 1 are not the solo figures;
+the README's time comes from a solo run (``--parallel 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pprint
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
+
+from data_utils import main_job_figures
+from data_utils.engine import train_detector
+from data_utils.experiment import DETECTORS, PRESETS, build_detector, machine_description
+from data_utils.loaders import build_loader
+from data_utils.synthetic import ensure_embedded_dataset
+from data_utils.voc import VOCDetection
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES_FILE = ROOT / "data_utils" / "main_job_figures.py"
+RECIPES = {"channels_last": True, "contiguous": False}  # new, old
+TARGET_MINUTES = 15.0
+
+
+def per_iteration(args: argparse.Namespace) -> None:
+    apply_threads(args)
+    voc_dir = ensure_embedded_dataset()
+    print(f"{machine_description()}, {torch.get_num_threads()} torch threads; {args.iters} iterations per round, "
+          f"{args.repeats} rounds")
+    projected = dict.fromkeys(RECIPES, 0.0)
+    for detector in DETECTORS:
+        preset = PRESETS[f"{detector}-embedded"]
+        runs = []
+        for channels_last in RECIPES.values():
+            config = replace(preset.train, max_iters=args.iters, channels_last=channels_last, warmup_iters=0)
+            torch.manual_seed(0)
+            model = build_detector(preset)
+            loader = build_loader(VOCDetection(voc_dir, "train", train=True), preset.batch_size, cache=True,
+                                  seed=0, uint8=True, progress=False)
+            runs.append(lambda m=model, c=config, dl=loader: train_detector(m, dl, c, device="cpu", progress=False))
+        (new, _), (old, _) = interleaved_seconds(runs, args.repeats, "cpu", warmup=1, clock=args.clock)
+        new, old = new / args.iters, old / args.iters
+        for recipe, seconds in zip(RECIPES, (new, old)):
+            projected[recipe] += seconds * preset.train.max_iters
+        print(f"{detector}: {new:.3f} s/iteration channels-last, {old:.3f} s/iteration contiguous: "
+              f"ratio {new / old:.2f}")
+    new, old = projected["channels_last"], projected["contiguous"]
+    print(f"training time of the main job: {new / 60:.1f} min channels-last against {old / 60:.1f} min contiguous "
+          f"(ratio {new / old:.2f}; evaluation and plots add ~20 s)")
+    for recipe in RECIPES:
+        for detector in DETECTORS:
+            summary = main_job_figures.summary(recipe, detector)
+            if summary is None:
+                print(f"mAP {recipe} {detector}: no recorded runs (run --full --write)")
+            else:
+                print(f"mAP {recipe} {detector}: mean {100 * summary['mean']:.1f}%, range "
+                      f"{100 * summary['min']:.1f}-{100 * summary['max']:.1f}% over {summary['runs']} seeds")
+    print_load_average()
+
+
+def _one_run(recipe: str, seed: int, threads: int, out: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    with out.with_suffix(".log").open("w") as stream:
+        subprocess.run([sys.executable, "-m", "data_utils", "main", "--seed", str(seed), "--memory-format", recipe,
+                        "--out", str(out), "--no-progress"], cwd=ROOT, env=env, stdout=stream,
+                       stderr=subprocess.STDOUT, check=True)
+    return collect(out)
+
+
+def collect(out: Path) -> dict:
+    """One run's record from a main-job output folder (its metrics.json and the "done in N s" line of its log)."""
+    results = json.loads((out / "metrics.json").read_text())
+    first = next(iter(results.values()))
+    done = re.findall(r"^done in (\d+) s", out.with_suffix(".log").read_text(), re.MULTILINE)
+    return {"recipe": first["memory_format"], "seed": first["seed"], "threads": first["torch_threads"],
+            "total_seconds": float(done[-1]) if done else None,
+            "detectors": {d: {"map_voc07": round(m["map_voc07"], 4), "map_all_point": round(m["map_all_point"], 4),
+                              "train_seconds": round(m["train_seconds"], 1)} for d, m in results.items()}}
+
+
+def full(args: argparse.Namespace) -> None:
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench_main_job_"))
+    jobs = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
+    print(f"{len(jobs)} main-job runs, {args.parallel} at a time with {threads} torch threads each; logs in {out}/")
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(lambda job: _one_run(job[0], job[1], threads, out / f"{job[0]}_seed{job[1]}"), jobs))
+    for run in runs:
+        maps = ", ".join(f"{d} {100 * m['map_voc07']:.1f}% ({m['train_seconds']:.0f} s)"
+                         for d, m in run["detectors"].items())
+        print(f"{run['recipe']} seed {run['seed']}: {maps}; total {run['total_seconds']:.0f} s")
+    totals = {r: statistics.mean(run["total_seconds"] for run in runs if run["recipe"] == r) for r in args.recipes}
+    for recipe in args.recipes:
+        for detector in DETECTORS:
+            values = [run["detectors"][detector]["map_voc07"] for run in runs if run["recipe"] == recipe]
+            print(f"{recipe} {detector}: mean {100 * statistics.mean(values):.1f}%, "
+                  f"range {100 * min(values):.1f}-{100 * max(values):.1f}%")
+    if set(RECIPES) <= set(totals):
+        print(f"mean total time: channels-last / contiguous = {totals['channels_last'] / totals['contiguous']:.2f}")
+    if args.write:
+        write_figures(runs)
+
+
+def write_figures(runs: list[dict]) -> None:
+    """Merge ``runs`` into data_utils/main_job_figures.py (a run replaces an earlier one of the same recipe, seed and
+    thread count)."""
+    key = lambda run: (run["recipe"], run["seed"], run["threads"])  # noqa: E731  (a one-line sort key)
+    merged = {key(run): run for run in main_job_figures.RUNS}
+    merged.update({key(run): run for run in runs})
+    text = FIGURES_FILE.read_text()
+    head = text[: text.index("MEASURED_ON = ")]
+    body = (f"MEASURED_ON = {machine_description()!r}\n\n"
+            f"RUNS: list[dict[str, Any]] = {pprint.pformat(sorted(merged.values(), key=key), width=110, sort_dicts=True)}\n")
+    tail = text[text.index("\n\n# --- end of measured figures"):]
+    FIGURES_FILE.write_text(head + body + tail)
+    print(f"wrote {FIGURES_FILE}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=6, help="training iterations per timed round")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per recipe")
+    parser.add_argument("--full", action="store_true", help="run the whole main job per recipe and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    parser.add_argument("--parallel", type=int, default=1, help="main-job runs at a time (--full)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the --full runs (default: a temp folder)")
+    parser.add_argument("--write", action="store_true", help="record the --full runs in data_utils/main_job_figures.py")
+    add_timing_arguments(parser)
+    args = parser.parse_args()
+    full(args) if args.full else per_iteration(args)
+
+
+if __name__ == "__main__":
+    main()
