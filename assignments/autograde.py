@@ -214,7 +214,7 @@ class QuietOverwriteCells(OverwriteCells):
     region removed is restored silently; any other change still warns.
     """
 
-    def preprocess_cell(self, cell, resources, cell_index):  # noqa: ANN001 - nbgrader's signature
+    def preprocess_cell(self, cell, resources, cell_index):  # nbgrader's signature
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if grade_id is not None and cell.metadata.nbgrader.get("locked"):
             try:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import nbformat
 
-from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
 from assignments.extract import ROOT
+from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
 
 STUDENTS = {"reference": "ref", "release": "blank", "bug": "bug", "patcher": "patcher", "cross": "cross"}
 

@@ -70,7 +70,7 @@ def build_cache(dataset: VOCDetection, path: Path | None = None, *, num_workers:
             header = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             if header.get("fingerprint") == fingerprint:
                 return path
-        except Exception:  # an unreadable cache is simply rebuilt
+        except Exception:  # noqa: BLE001 - an unreadable cache is simply rebuilt
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
     size = dataset.image_size

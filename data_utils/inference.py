@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_utils.conventions import Detections
 from data_utils.engine import _autocast_dtype, autocast
 from data_utils.loaders import build_loader
-from data_utils.conventions import Detections
 from data_utils.voc import to_network_input
 
 

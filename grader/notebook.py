@@ -594,7 +594,7 @@ class Points(float):
 
 def _reference_available() -> bool:
     try:
-        import solutions  # noqa: F401
+        import solutions  # noqa: F401  (only whether it imports matters)
 
         return True
     except ImportError:

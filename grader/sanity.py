@@ -71,7 +71,7 @@ def _randn(*shape: int, seed: int = 0) -> dict:
     return {"__randn__": list(shape), "seed": seed}
 
 
-# ANCHORS 1.2 inputs (the values the course printed).
+# The original course's sanity-check inputs (EECS 498/598 A4 printed these values).
 _BOXES = [[10.0, 15, 100, 115, 1], [30, 20, 40, 30, 1], [120, 100, 200, 200, 1]]
 _LOCATIONS = [[30.0, 40], [32, 29], [125, 150]]
 _IOU_1 = [[10.0, 10, 90, 90], [20, 20, 40, 40], [60, 60, 80, 80]]
@@ -244,7 +244,8 @@ def _one_stage_cases() -> list[SanityCase]:
                                 _call("nms", boxes, scores, thr), {"kind": "index_sequence"}))
     cases += [
         SanityCase("class_spec_nms/sanity", "class_spec_nms", "boxes of different classes never suppress each other",
-                   _call("class_spec_nms", torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [21, 21, 30, 30], [0, 0, 9, 9]]),
+                   _call("class_spec_nms", torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10],
+                                                         [20, 20, 30, 30], [21, 21, 30, 30], [0, 0, 9, 9]]),
                          torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), torch.tensor([0, 0, 1, 1, 1, 1]), 0.5),
                    {"kind": "index_sequence"}),
         SanityCase("FCOS/sanity_fixed_losses", "FCOS",
@@ -292,7 +293,8 @@ def _two_stage_cases() -> list[SanityCase]:
         SanityCase("rcnn_match_anchors_to_gt/sanity", "rcnn_match_anchors_to_gt",
                    "five anchors matched to three boxes (and padding), thresholds (0.3, 0.6)",
                    _call("rcnn_match_anchors_to_gt",
-                         torch.tensor([[20.0, 40, 80, 90], [10, 10, 50, 50], [120, 100, 200, 200], [0, 0, 30, 30], [100, 100, 140, 140], [12, 17, 98, 110]]),
+                         torch.tensor([[20.0, 40, 80, 90], [10, 10, 50, 50], [120, 100, 200, 200],
+                                       [0, 0, 30, 30], [100, 100, 140, 140], [12, 17, 98, 110]]),
                          torch.tensor(_BOXES + [[-1.0] * 5]), (0.3, 0.6)),
                    {"kind": "allclose", "atol": 1e-5, "rtol": 0}),
         SanityCase("rcnn_get_deltas_from_anchors/sanity", "rcnn_get_deltas_from_anchors",
@@ -316,7 +318,8 @@ def _two_stage_cases() -> list[SanityCase]:
                    {"kind": "rpn_forward", "keys": ["loss_rpn_obj", "loss_rpn_box"], "post_nms_topk": 100}),
         SanityCase("assign_rois_to_fpn_levels/sanity", "assign_rois_to_fpn_levels", "FPN levels of boxes of sides 20 to 300 px",
                    _call("assign_rois_to_fpn_levels", torch.tensor([[0.0, 0, 20, 20], [0, 0, 64, 64], [0, 0, 90, 90], [0, 0, 92, 92],
-                                                                     [0, 0, 128, 128], [0, 0, 180, 180], [0, 0, 182, 182], [0, 0, 300, 300], [5, 5, 5, 5]])),
+                                                                     [0, 0, 128, 128], [0, 0, 180, 180], [0, 0, 182, 182],
+                                                                     [0, 0, 300, 300], [5, 5, 5, 5]])),
                    {"kind": "allclose", "atol": 0, "rtol": 0}),
         SanityCase("pool_roi_features/sanity", "pool_roi_features", "RoIAlign of four boxes from the right levels, in the boxes' order",
                    _call("pool_roi_features", pool_feats, STRIDES, torch.tensor([0, 1, 0, 1]), pool_boxes),

@@ -94,7 +94,7 @@ def _case(data, case_id):
 
 
 def test_sanity_fixtures_hold_the_course_values(tmp_path):
-    """ANCHORS 1.2: the values the course printed (with the transposition bug fixed)."""
+    """The values the original course printed (with the transposition bug fixed)."""
     one = load_fixtures("one_stage", export_sanity_fixtures("one_stage", tmp_path / "one.pt"))
     first = _case(one, "get_fpn_location_coords/sanity_first_five")["expected"]["output"]
     assert first["p3"][:5].tolist() == [[4, 4], [12, 4], [20, 4], [28, 4], [36, 4]]

@@ -193,7 +193,8 @@ def test_students_can_install_and_run_the_visible_checks_without_the_reference(w
     fixture = ASSIGNMENTS["one_stage"].source_dir / "one_stage_sanity.pt"
     script = f"""
 import sys
-sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [p for p in sys.path if p.endswith(".zip") or "lib/python3" in p and "site-packages" not in p]
+sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [
+    p for p in sys.path if p.endswith(".zip") or "lib/python3" in p and "site-packages" not in p]
 import importlib.util
 assert importlib.util.find_spec("solutions") is None, "solutions is importable"
 assert importlib.util.find_spec("grader.checks") is None, "hidden checks are importable"
@@ -221,7 +222,7 @@ print("RESULT", all(r.passed for r in good), any(not r.passed for r in bad), sor
 
 
 def test_release_folders_ship_the_fixtures_the_checks_need():
-    for name, spec in ASSIGNMENTS.items():
+    for spec in ASSIGNMENTS.values():
         for fixture in build.fixture_assignments(spec):
             assert (spec.source_dir / build.fixture_name(fixture)).is_file()
         assert (spec.source_dir / "course_tools.py").read_text() == (ROOT / "assignments/course_tools.py").read_text()

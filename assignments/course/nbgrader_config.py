@@ -37,15 +37,23 @@ if str(ROOT) not in sys.path:
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                          if p and p != str(ROOT)])
 
-from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
-    OverwriteKernelspec, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from nbgrader.preprocessors import (  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 
-from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402
-from assignments.feedback import StripHiddenTests  # noqa: E402
+from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from assignments.feedback import StripHiddenTests  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
 
-c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
+c = get_config()  # noqa: F821  (traitlets defines get_config when it loads this file)
 
 c.CourseDirectory.root = str(HERE)
 c.CourseDirectory.course_id = "detection-course"
@@ -92,6 +100,6 @@ c.GenerateFeedback.preprocessors = [GetGrades, StripHiddenTests, CSSHTMLHeaderPr
 # A release needs the student package next to each notebook; git ignores the
 # wheel, so generating an assignment builds it (or stops, naming the command).
 if any(arg in ("generate_assignment", "assign") for arg in sys.argv[1:]):
-    from assignments.build import ensure_release_files_or_exit  # noqa: E402
+    from assignments.build import ensure_release_files_or_exit
 
     ensure_release_files_or_exit(HERE / "source")
