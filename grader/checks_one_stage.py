@@ -19,6 +19,7 @@ from grader.checks import (
     call_spec,
     close_to,
     gen,
+    init_verdict,
     level_shapes,
     mutation_check_of,
     rand_boxes,
@@ -27,7 +28,8 @@ from grader.checks import (
 )
 from grader.compare import Verdict, close, compare_tree
 from grader.functions import reference
-from grader.sanity import _greedy_nms, diagnose_nms, judge_indices, shape_tree
+from grader.judges import diagnose_nms, greedy_nms, judge_indices, shape_tree, shape_verdict
+from grader.registry import CHECK_SUITES
 
 A = "one_stage"
 LOC_HINT = "expected stride * (col + 0.5), stride * (row + 0.5) per cell, row-major with x fastest"
@@ -133,9 +135,7 @@ def _backbone_shapes(check_id: str, title: str, out_channels: int, image: tuple,
 
         def judge(values):
             from grader.compare import devices_ok
-            from grader.sanity import _shape_verdict
-
-            verdict = _shape_verdict(values[0]["outputs"], expected, "output")
+            verdict = shape_verdict(values[0]["outputs"], expected, "output")
             if verdict.passed and cuda:
                 return devices_ok(values[0]["devices"], "cuda")
             return verdict
@@ -148,43 +148,6 @@ def _backbone_shapes(check_id: str, title: str, out_channels: int, image: tuple,
 # ---------------------------------------------------------------------------
 # FCOSPredictionNetwork
 # ---------------------------------------------------------------------------
-
-
-def _structure_verdict(expected_convs: int | None, structure: list, kernel: tuple | None) -> Verdict:
-    """The layer layout, named layer by layer (checked before the initialisation: a wrong
-    kernel makes every later message about statistics beside the point)."""
-    if expected_convs is None:
-        return Verdict(True)
-    convs = [r for r in structure if r["type"] == "Conv2d" and (kernel is None or tuple(r["kernel"]) == kernel)]
-    if len(convs) == expected_convs:
-        return Verdict(True)
-    size = "x".join(map(str, kernel or ()))
-    others = [r for r in structure if r["type"] == "Conv2d" and kernel is not None and tuple(r["kernel"]) != kernel]
-    listed = ", ".join(f"{r['name']} {'x'.join(map(str, r['kernel']))} conv of weight {tuple(r['weight'])}" for r in others[:4])
-    return Verdict(False, f"expected {expected_convs} {size} convs in total, found {len(convs)}"
-                          + (f"; other convs: {listed}" if listed else "")
-                          + (f" (every stem conv is {size} with padding 1)" if size == "3x3" else ""))
-
-
-def _init_verdict(state: dict, special_bias: dict[str, float], expected_convs: int | None, structure: list,
-                  kernel: tuple | None = (3, 3)) -> Verdict:
-    layout = _structure_verdict(expected_convs, structure, kernel)
-    if not layout.passed:
-        return layout
-    for key, value in special_bias.items():
-        if key not in state:
-            return Verdict(False, f"no parameter {key!r} (keep the attribute names of the skeleton)")
-        if not torch.allclose(state[key].double(), torch.full_like(state[key].double(), value), atol=1e-4):
-            return Verdict(False, f"{key} must be initialised to {value:.4f}" + (" (-log(99): prior probability 0.01)" if value < 0 else ""))
-    for key, value in state.items():
-        if key.endswith(".bias") and key not in special_bias and value.numel() and float(value.abs().max()) > 1e-6:
-            return Verdict(False, f"{key}: biases must be initialised to 0")
-        if key.endswith(".weight") and value.dim() in (2, 4) and value.numel() >= 256:
-            std = float(value.double().std())
-            tol = 0.003 if value.numel() >= 1000 else 0.004
-            if abs(std - 0.01) > tol or abs(float(value.double().mean())) > 0.003:
-                return Verdict(False, f"{key}: weights must be initialised from N(0, 0.01) (found std {std:.4f})")
-    return Verdict(True)
 
 
 def load_error_message(error: str, layout: str) -> str:
@@ -235,7 +198,7 @@ def _head_checks() -> list[Check]:
 
     def init_make():
         spec = {"op": "module", "name": f, "ctor_args": [5, 32, [32, 32]], "seed": 0, "return": ["init_state_dict", "structure"]}
-        return Job([spec], lambda v: _init_verdict(v[0]["init_state_dict"], {"pred_cls.bias": -math.log(99)}, 7, v[0]["structure"]))
+        return Job([spec], lambda v: init_verdict(v[0]["init_state_dict"], {"pred_cls.bias": -math.log(99)}, 7, v[0]["structure"]))
 
     def forward_make():
         torch.manual_seed(0)
@@ -279,10 +242,8 @@ def _head_checks() -> list[Check]:
             expected.append(shape_tree(run_reference(A, spec)["outputs"]))
 
         def judge(values):
-            from grader.sanity import _shape_verdict
-
             for value, exp in zip(values, expected):
-                verdict = _shape_verdict(value["outputs"], exp, "output")
+                verdict = shape_verdict(value["outputs"], exp, "output")
                 if not verdict.passed:
                     return Verdict(False, verdict.message + " (with an empty stem or three stem layers, on two levels)")
             return Verdict(True)
@@ -672,7 +633,7 @@ def _zero_area_judge(out, expected, spec):
     verdict = judge_indices(out, expected)
     if verdict.passed or not isinstance(out, torch.Tensor):
         return verdict
-    if len(out) < len(expected) and out.reshape(-1).tolist() == _greedy_nms(*spec["args"][:3], keep_le=True):
+    if len(out) < len(expected) and out.reshape(-1).tolist() == greedy_nms(*spec["args"][:3], keep_le=True):
         return Verdict(False, "two zero-area boxes have IoU 0 / 0 = NaN, and your NMS suppresses them: keeping only boxes with "
                               "IoU <= threshold drops NaN; suppress a box only when IoU > threshold (torchvision.ops.nms keeps both)")
     return verdict
@@ -919,7 +880,9 @@ def _fcos_checks() -> list[Check]:
     ]
 
 
-def CHECKS() -> list[Check]:  # upper case: a registry function
+@CHECK_SUITES.register("one_stage/hidden")
+def hidden_checks() -> list[Check]:
+    """Every hidden check of one_stage (registered: :func:`grader.suites.registry` lists them)."""
     return [
         _fpn_check(),
         _backbone_shapes("DetectorBackboneWithFPN/other_sizes", "other image sizes, batch 3, out_channels 32", 32, (3, 3, 160, 96)),

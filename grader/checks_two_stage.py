@@ -19,16 +19,17 @@ from grader.checks import (
     call_spec,
     close_to,
     gen,
+    init_verdict,
     level_shapes,
     mutation_check_of,
     rand_boxes,
     rand_gt,
     run_reference,
 )
-from grader.checks_one_stage import _init_verdict
 from grader.compare import Verdict, close, compare_tree, devices_ok
 from grader.functions import reference
-from grader.sanity import _shape_verdict, judge_samples, shape_tree
+from grader.judges import judge_samples, shape_tree, shape_verdict
+from grader.registry import CHECK_SUITES
 
 A = "two_stage"
 NEUTRAL = -1e8
@@ -78,7 +79,7 @@ def _rpn_head_checks() -> list[Check]:
 
         def judge(values):
             value = values[0]
-            verdict = _init_verdict(value["init_state_dict"], {}, 1, value["structure"])
+            verdict = init_verdict(value["init_state_dict"], {}, 1, value["structure"])
             if not verdict.passed:
                 return verdict
             ones = [r for r in value["structure"] if r["type"] == "Conv2d" and tuple(r["kernel"]) == (1, 1)]
@@ -137,7 +138,7 @@ def _rpn_head_checks() -> list[Check]:
 
         def judge(values):
             for value, exp in zip(values, expected):
-                verdict = _shape_verdict(value["outputs"], exp, "output")
+                verdict = shape_verdict(value["outputs"], exp, "output")
                 if not verdict.passed:
                     return Verdict(False, verdict.message + " (empty stem / 2 anchors, or two stem layers / 1 anchor)")
             return Verdict(True)
@@ -760,7 +761,7 @@ def _frcnn_checks() -> list[Check]:
             if not state:
                 return Verdict(False, "no parameters under cls_pred (keep the skeleton's attribute name)")
             structure = [r for r in value["structure"] if r["name"].startswith("cls_pred")]
-            verdict = _init_verdict(state, {}, 2, structure)
+            verdict = init_verdict(state, {}, 2, structure)
             if not verdict.passed:
                 return verdict
             linear = [r for r in structure if r["type"] == "Linear"]
@@ -850,6 +851,8 @@ def _frcnn_checks() -> list[Check]:
     ]
 
 
-def CHECKS() -> list[Check]:  # upper case: a registry function
+@CHECK_SUITES.register("two_stage/hidden")
+def hidden_checks() -> list[Check]:
+    """Every hidden check of two_stage (registered: :func:`grader.suites.registry` lists them)."""
     return [*_flatten_checks(), *_rpn_head_checks(), *_anchor_checks(), *_iou_checks(), *_match_checks(),
             *_delta_checks(), *_sample_checks(), *_rpn_checks(), *_roi_checks(), *_frcnn_checks()]

@@ -91,7 +91,7 @@ def _write(path: str, text: str) -> None:
 def cmd_grade(args) -> int:
     import signal
 
-    from grader.grade import grade_path
+    from grader.notebook import grade_path
     from grader.report import console_table, gradescope_results, markdown_feedback
 
     # SIGTERM (e.g. from `grader batch`) unwinds like Ctrl-C: the sandbox is closed and its

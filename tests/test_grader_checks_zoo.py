@@ -31,15 +31,15 @@ def test_checks_zoo(entry, sandbox, tmp_path):  # noqa: F811  (pytest passes the
             assert points <= entry.max_points, (entry.name, points)
 
 
-def test_nms_diagnosis_simulation_is_greedy_nms():
+def test_nms_diagnosis_simulation_isgreedy_nms():
     """The grader's simulated NMS (for diagnoses) equals the reference and torchvision when nothing is swapped."""
     from grader.checks import gen, rand_boxes
-    from grader.checks_one_stage import _greedy_nms
+    from grader.judges import greedy_nms
     from solutions import nms
 
     g = gen(3)
     boxes, scores = rand_boxes(g, 300, max_frac=0.3), torch.rand(300, generator=g)
-    assert _greedy_nms(boxes, scores, 0.5) == nms(boxes, scores, 0.5).tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist()
+    assert greedy_nms(boxes, scores, 0.5) == nms(boxes, scores, 0.5).tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist()
     points = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     assert nms(points, scores, 0.5).tolist() == torchvision.ops.nms(points, scores, 0.5).tolist() == [0, 1, 2]
