@@ -88,7 +88,7 @@ def test_notebook_metadata_is_valid_for_jupyterlab_and_nbgrader(built, name):
     grade_ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
     assert len(grade_ids) == len(set(grade_ids))
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
-    first = nb.cells[0]
+    first = next(c for c in nb.cells if c.cell_type == "code")
     assert first.cell_type == "code" and "google.colab" in first.source and "pip" in first.source
 
 
