@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from data_utils.atomic import atomic_torch_save
 from grader import _child
 from grader.compare import Verdict, close, compare_tree, rel_error
 from grader.functions import STUDENT_FUNCTIONS, check_assignment
@@ -403,11 +404,8 @@ def export_sanity_fixtures(assignment: str, path: str | os.PathLike | None = Non
         case = resolved_case(case)
         cases.append({"id": case.id, "function": case.function, "title": case.title, "spec": case.spec,
                       "compare": case.compare, "expected": expected_value(assignment, case)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": FIXTURE_VERSION, "assignment": assignment, "provenance": dict(provenance), "cases": cases}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save({"version": FIXTURE_VERSION, "assignment": assignment, "provenance": dict(provenance),
+                              "cases": cases}, path)
 
 
 def load_fixtures(assignment: str, path: str | os.PathLike | None = None) -> dict:
