@@ -44,20 +44,20 @@ from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
 from traitlets import Bool, Float, List, Unicode
 
 from assignments.spec import ASSIGNMENTS
+from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Grade cell ids: ``check-<function>`` (and ``check-overfit``).
 GRADE_ID = re.compile(r"^check-(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
-BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 
 
 def without_hidden_tests(source: str) -> str:
     """``source`` as nbgrader's ``ClearHiddenTests`` releases it (line-based, delimiters included)."""
     kept, hidden = [], False
     for line in source.split("\n"):
-        if BEGIN_HIDDEN in line:
+        if BEGIN_HIDDEN_WORDS in line:
             hidden = True
-        elif END_HIDDEN in line:
+        elif END_HIDDEN_WORDS in line:
             hidden = False
         elif not hidden:
             kept.append(line)

@@ -47,6 +47,7 @@ import nbformat
 
 from assignments import extract
 from assignments.spec import ASSIGNMENTS, HERE, SOURCE_DIR, TOOLS_MODULE, AssignmentSpec
+from grader.markers import BEGIN_HIDDEN_TESTS, END_HIDDEN_TESTS, strip_hidden_tests
 
 SCHEMA_VERSION = 3
 DIRECTIVE = re.compile(r"^#\|\s*(?P<key>[\w-]+)\s*(?::\s*(?P<value>.*?))?\s*$")
@@ -134,11 +135,11 @@ def check_cell_source(assignment: str, name: str, graded: bool) -> str:
     ]
     if graded:
         lines += [
-            "### BEGIN HIDDEN TESTS",
+            BEGIN_HIDDEN_TESTS,
             'print("[hidden tests]", flush=True)',
             "from grader.notebook import grade_cell",
             f'grade_cell("{assignment}", "{name}", globals())',
-            "### END HIDDEN TESTS",
+            END_HIDDEN_TESTS,
         ]
     return "\n".join(lines)
 
@@ -148,10 +149,10 @@ def overfit_cell_source(assignment: str, model: str) -> str:
     return "\n".join([
         f"# Graded at grading time: the overfit test of your `{model}` (the grader trains it in its sandbox).",
         f'check("{model}")',
-        "### BEGIN HIDDEN TESTS",
+        BEGIN_HIDDEN_TESTS,
         "from grader.notebook import grade_cell",
         f'grade_cell("{assignment}", "overfit", globals())',
-        "### END HIDDEN TESTS",
+        END_HIDDEN_TESTS,
     ])
 
 
@@ -294,7 +295,7 @@ def check_names(nb: nbformat.NotebookNode, spec: AssignmentSpec) -> None:
         if cell.cell_type != "code":
             continue
         python = _python_of(cell.source)
-        hidden = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", python, flags=re.S)
+        hidden = strip_hidden_tests(python)
         if re.search(r"^\s*(from|import)\s+solutions\b", hidden, flags=re.M):
             raise BuildError(f"{spec.name}: cell {cell.id} imports solutions outside a hidden test region")
         defined |= extract.top_level_bindings(python)

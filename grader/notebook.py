@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+from grader.markers import BEGIN_HIDDEN_TESTS
 from grader.submission_text import defined_names, top_level_statements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from grader.results import GradeReport
 
 #: Calls that mark a cell as a test cell (never part of the submission's code).
-TEST_MARKERS = ("grade_cell(", "run_sanity(", "### BEGIN HIDDEN TESTS")
+TEST_MARKERS = ("grade_cell(", "run_sanity(", BEGIN_HIDDEN_TESTS)
 BLOCKED_IMPORTS = ("solutions", "grader")
 #: Modules of the notebook's own tooling that graded code never needs.
 NOTEBOOK_ONLY_MODULES = ("course_tools", "course_sanity", "google")

@@ -24,6 +24,7 @@ from assignments.course_tools import submission_problems
 from assignments.feedback import StripHiddenTests
 from assignments.spec import ASSIGNMENTS, COURSE_DIR, check_against_grader
 from assignments.student_package import STUDENT_GRADER_MODULES, build_wheel, wheel_problems
+from grader.markers import strip_hidden_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +98,7 @@ def test_no_code_students_see_mentions_solutions(built, name):
     for cell in built[name].cells:
         if cell.cell_type != "code":
             continue
-        visible = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", cell.source, flags=re.S)
+        visible = strip_hidden_tests(cell.source)
         assert not re.search(r"\bsolutions\b", visible), cell.id
 
 

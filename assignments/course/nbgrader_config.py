@@ -52,6 +52,7 @@ from nbgrader.preprocessors import (  # noqa: E402  (sys.path and PYTHONPATH mus
 
 from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
 from assignments.feedback import StripHiddenTests  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
 
 c = get_config()  # noqa: F821  (traitlets defines get_config when it loads this file)
 
@@ -76,6 +77,8 @@ c.Execute.interrupt_on_timeout = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.enforce_metadata = True
 c.ClearHiddenTests.enforce_metadata = True
+c.ClearHiddenTests.begin_test_delimeter = BEGIN_HIDDEN_WORDS  # one definition: grader/markers.py
+c.ClearHiddenTests.end_test_delimeter = END_HIDDEN_WORDS
 c.GenerateAssignment.create_assignment = True
 
 # Autograde: the points come from `python -m grader grade`, run on the
