@@ -44,22 +44,22 @@ from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
 from traitlets import Bool, Float, List, Unicode
 
 from assignments.spec import ASSIGNMENTS
+from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS
 from grader.report import cell_summary
 from grader.results import CheckResult, GradeReport
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Grade cell ids: ``check-<function>`` (and ``check-overfit``).
 GRADE_ID = re.compile(r"^check-(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
-BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 
 
 def without_hidden_tests(source: str) -> str:
     """``source`` as nbgrader's ``ClearHiddenTests`` releases it (line-based, delimiters included)."""
     kept, hidden = [], False
     for line in source.split("\n"):
-        if BEGIN_HIDDEN in line:
+        if BEGIN_HIDDEN_WORDS in line:
             hidden = True
-        elif END_HIDDEN in line:
+        elif END_HIDDEN_WORDS in line:
             hidden = False
         elif not hidden:
             kept.append(line)
@@ -202,7 +202,7 @@ class QuietOverwriteCells(OverwriteCells):
     region removed is restored silently; any other change still warns.
     """
 
-    def preprocess_cell(self, cell, resources, cell_index):  # noqa: ANN001 - nbgrader's signature
+    def preprocess_cell(self, cell, resources, cell_index):  # nbgrader's signature
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if grade_id is not None and cell.metadata.nbgrader.get("locked"):
             try:

@@ -37,14 +37,15 @@ class Definition:
         return isinstance(self.node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
 
 
-def _module_path(module: str) -> Path:
+def module_path(module: str) -> Path:
+    """The file of a dotted module of this repository (``solutions.fcos`` -> ``ROOT/solutions/fcos.py``)."""
     return ROOT.joinpath(*module.split(".")).with_suffix(".py")
 
 
 @lru_cache(maxsize=None)
 def module_definitions(module: str) -> dict[str, Definition]:
     """``{name: Definition}`` for every top-level def, class and assignment of ``module``."""
-    path = _module_path(module)
+    path = module_path(module)
     text = path.read_text()
     lines = text.splitlines()
     tree = ast.parse(text, filename=str(path))
@@ -136,7 +137,7 @@ def top_level_bindings(code: str) -> set[str]:
 @lru_cache(maxsize=None)
 def solution_imports(module: str) -> dict[str, str]:
     """``{name: source module}`` for ``from solutions.X import name`` lines of ``module``."""
-    tree = ast.parse(_module_path(module).read_text())
+    tree = ast.parse(module_path(module).read_text())
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("solutions"):
@@ -210,6 +211,6 @@ def all_reference_body_lines() -> dict[str, set[str]]:
     """``{module: {stripped line}}`` of every reference body in ``solutions/``."""
     out: dict[str, set[str]] = {}
     for module in all_solution_modules():
-        text = _module_path(module).read_text()
+        text = module_path(module).read_text()
         out[module] = {line.strip() for region in solution_regions(text) for line in region.splitlines()}
     return out

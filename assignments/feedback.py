@@ -26,14 +26,17 @@ import re
 from nbconvert.preprocessors import Preprocessor
 from traitlets import Bool, Unicode
 
-HIDDEN_REGION = re.compile(r"[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[ \t]*", flags=re.S)
+from grader import markers
+
+#: A hidden region with the blanks around it on its lines.
+HIDDEN_REGION = re.compile(r"[ \t]*" + markers.HIDDEN_REGION.pattern + r"[ \t]*", flags=re.S)
 #: Printed by the hidden-test helpers before they run (see grader.notebook);
 #: outputs from that point on are dropped.
 HIDDEN_OUTPUT_MARKER = "[hidden tests]"
 
 
 def has_hidden_tests(source: str) -> bool:
-    return "BEGIN HIDDEN TESTS" in source
+    return markers.BEGIN_HIDDEN_WORDS in source
 
 
 class StripHiddenTests(Preprocessor):

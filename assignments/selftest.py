@@ -28,8 +28,9 @@ from pathlib import Path
 
 import nbformat
 
-from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
 from assignments.extract import ROOT
+from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
+from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS, HIDDEN_REGION
 
 STUDENTS = {"reference": "ref", "release": "blank", "bug": "bug", "patcher": "patcher", "cross": "cross"}
 
@@ -229,10 +230,10 @@ def feedback_leaks(course: Path, assignment: str, source_nb: Path) -> list[str]:
     source = nbformat.read(source_nb, as_version=4)
     hidden_lines = set()
     for cell in source.cells:
-        for region in re.findall(r"### BEGIN HIDDEN TESTS(.*?)### END HIDDEN TESTS", cell.source, flags=re.S):
+        for region in HIDDEN_REGION.findall(cell.source):
             hidden_lines |= {line.strip() for line in region.splitlines() if line.strip()}
     # (a traceback of a hidden test would name the grader's files)
-    needles = {"BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "[hidden tests]", "grade_cell", "grader.notebook", "/grader/"}
+    needles = {BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS, "[hidden tests]", "grade_cell", "grader.notebook", "/grader/"}
     needles |= hidden_lines
     leaks = []
     files = sorted((course / "feedback").glob(f"*/{assignment}/*.html"))

@@ -48,7 +48,7 @@ from assignments.extract import BEGIN_SOLUTION, ROOT
 DIST_NAME = "detection_course_student"
 PACKAGES = ("data_utils", "grader")
 #: The grader modules students get: the visible-check runner and its imports.
-STUDENT_GRADER_MODULES = ("__init__", "_child", "compare", "functions", "results", "sanity")
+STUDENT_GRADER_MODULES = ("__init__", "_child", "compare", "functions", "judges", "registry", "results", "sanity")
 #: Runtime requirements of data_utils (Colab already has all of them).
 REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
@@ -192,11 +192,11 @@ def graded_names() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def reference_dumps() -> frozenset[str]:
     """Normalised dumps of every definition in ``solutions/`` big enough to be an answer."""
-    from assignments.extract import _module_path, all_solution_modules
+    from assignments.extract import all_solution_modules, module_path
 
     dumps = set()
     for module in all_solution_modules():
-        for node in _definitions(ast.parse(_module_path(module).read_text())):
+        for node in _definitions(ast.parse(module_path(module).read_text())):
             if sum(1 for _ in ast.walk(node)) >= MIN_COMPARED_NODES:
                 dumps.add(normalised_dump(node))
     return frozenset(dumps)

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grader.source import reference_source  # noqa: E402
+from grader.source import reference_source  # noqa: E402  (after the sys.path entry above)
 
 
 def grade_once(assignment: str, folder: Path) -> tuple[float, dict]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 import torchvision
+from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
 from solutions.non_max_suppression import nms
 
@@ -55,7 +55,8 @@ def main() -> None:
             theirs = torchvision.ops.nms(boxes, scores, threshold)
             assert torch.equal(ours.cpu(), theirs.cpu()), f"kept sets differ ({n} boxes, IoU {threshold})"
             (t_ours, m_ours), (t_tv, m_tv) = interleaved_seconds(
-                [lambda: nms(boxes, scores, threshold), lambda: torchvision.ops.nms(boxes, scores, threshold)],
+                [lambda b=boxes, s=scores, t=threshold: nms(b, s, t),
+                 lambda b=boxes, s=scores, t=threshold: torchvision.ops.nms(b, s, t)],
                 args.repeats, args.device, clock=args.clock)
             worst, worst_min = max(worst, t_ours / t_tv), max(worst_min, m_ours / m_tv)
             print(f"{n:>6} {threshold:>4} {len(ours):>5} {t_ours * 1e3:>13.2f} {t_tv * 1e3:>15.2f} "

@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.devkit_oracle when run as a script
 
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402  (after the sys.path entry above)
 
-from data_utils.voc_eval import evaluate_detections  # noqa: E402
-from tests.devkit_oracle import devkit_eval, random_case  # noqa: E402
+from data_utils.voc_eval import evaluate_detections  # noqa: E402  (after the sys.path entry above)
+from tests.devkit_oracle import devkit_eval, random_case  # noqa: E402  (after the sys.path entry above)
 
 TARGET_S = 0.1
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from data_utils.atomic import atomic_torch_save
 from data_utils.errors import DatasetError
 from data_utils.types import GroundTruth
 from data_utils.voc import VOCDetection, hflip, hflip_boxes, normalize_uint8
@@ -70,7 +71,7 @@ def build_cache(dataset: VOCDetection, path: Path | None = None, *, num_workers:
             header = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             if header.get("fingerprint") == fingerprint:
                 return path
-        except Exception:  # an unreadable cache is simply rebuilt
+        except Exception:  # noqa: BLE001 - an unreadable cache is simply rebuilt
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
     size = dataset.image_size
@@ -88,10 +89,7 @@ def build_cache(dataset: VOCDetection, path: Path | None = None, *, num_workers:
         "images": images,
         "targets": torch.stack([dataset.target(i) for i in range(len(dataset))]),
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # readers never see a half-written cache
-    return path
+    return atomic_torch_save(payload, path)  # readers never see a half-written cache
 
 
 class CachedVOC(Dataset):

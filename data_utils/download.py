@@ -51,6 +51,7 @@ from typing import Any, BinaryIO
 
 from tqdm.auto import tqdm
 
+from data_utils.atomic import atomic_write_text
 from data_utils.errors import DatasetError, DownloadError
 
 logger = logging.getLogger(__name__)
@@ -549,10 +550,6 @@ def _move_into_place(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def extract_archive(
@@ -581,7 +578,7 @@ def extract_archive(
                     f"2007 archive. Delete it and run again."
                 )
             _move_into_place(staging / "VOCdevkit", root / "VOCdevkit")
-            _write_atomically(marker, archive.md5 + "\n")
+            atomic_write_text(marker, archive.md5 + "\n")
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DatasetError(
                 f"Could not extract {tar_path} into {root}: {exc}. Check the free disk space "

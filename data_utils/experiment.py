@@ -19,18 +19,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # this module only writes files; never open a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-from data_utils.engine import TrainConfig, final_loss, train_detector  # noqa: E402
-from data_utils.head_init import HEAD_INITS, reinit_head_stems  # noqa: E402
-from data_utils.eval_plots import plot_class_ap, plot_precision_recall  # noqa: E402
-from data_utils.inference import export_voc_results, predict_dataset, save_detections  # noqa: E402
-from data_utils.loaders import build_loader  # noqa: E402
-from data_utils.visualize import plot_gt_vs_pred, plot_loss_history  # noqa: E402
-from data_utils.voc import VOC_CLASSES, VOCDetection  # noqa: E402
-from data_utils.voc_eval import VOCEvalResult, evaluate_detections  # noqa: E402
+from data_utils.engine import TrainConfig, final_loss, train_detector
+from data_utils.eval_plots import plot_class_ap, plot_precision_recall
+from data_utils.head_init import HEAD_INITS, reinit_head_stems
+from data_utils.inference import export_voc_results, predict_dataset, save_detections
+from data_utils.loaders import build_loader
+from data_utils.visualize import plot_gt_vs_pred, plot_loss_history
+from data_utils.voc import VOC_CLASSES, VOCDetection
+from data_utils.voc_eval import VOCEvalResult, evaluate_detections
 
 DETECTORS = ("fcos", "faster_rcnn")
 
@@ -62,7 +62,7 @@ _EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_
                               grad_clip=10.0, channels_last=True)
 
 PRESETS: dict[str, Preset] = {
-    # The course's full schedules (ANCHORS.md 1.3): batch 16, 9000 iterations, FPN 128.
+    # The course's full schedules (the original EECS 498/598 A4 notebooks): batch 16, 9000 iterations, FPN 128.
     "fcos-voc": Preset("fcos", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=8e-3), eval_nms_thresh=0.6),
     "faster_rcnn-voc": Preset("faster_rcnn", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=1e-2),
                               extra={"pre_nms_topk": 500, "post_nms_topk": 200}),

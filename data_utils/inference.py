@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_utils.atomic import atomic_torch_save
+from data_utils.conventions import Detections
 from data_utils.engine import _autocast_dtype, autocast
 from data_utils.loaders import build_loader
-from data_utils.conventions import Detections
 from data_utils.voc import to_network_input
 
 
@@ -64,10 +65,7 @@ def save_detections(path: str | os.PathLike, image_ids: Sequence[str], detection
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": "detection-course/detections-v1", "image_ids": list(image_ids),
                "detections": [tuple(t.cpu() for t in d) for d in detections]}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_detections(path: str | os.PathLike) -> tuple[list[str], list[Detections]]:

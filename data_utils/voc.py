@@ -32,9 +32,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data_utils.conventions import IMAGE_SIZE, PADDING
 from data_utils.errors import DatasetError
 from data_utils.types import GroundTruth
-from data_utils.conventions import IMAGE_SIZE, PADDING
 
 #: The 20 VOC classes in the alphabetical order the course uses (index = label).
 VOC_CLASSES: tuple[str, ...] = (

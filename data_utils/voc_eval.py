@@ -79,8 +79,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from data_utils.types import GroundTruth
     from data_utils.conventions import Detections
+    from data_utils.types import GroundTruth
 
 __all__ = ["VOCEvalResult", "evaluate_detections", "average_precision", "box_iou_pairs"]
 
@@ -261,7 +261,7 @@ def _shape(x: Any, where: str) -> tuple[int, ...]:
         pass
     try:
         return np.shape(x)
-    except Exception as exc:  # ragged lists and the like
+    except Exception as exc:  # noqa: BLE001 - ragged lists and the like: re-raised as ValueError
         raise ValueError(f"{where}: cannot read an array from {type(x).__name__} ({exc})") from None
 
 

@@ -141,7 +141,7 @@ def safe_text(error: BaseException, limit: int = 500) -> str:
     """``str(error)`` truncated to ``limit`` characters; never raises (a hostile ``__str__``)."""
     try:
         text = str(error)
-    except BaseException:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001 - a hostile __str__ can raise anything
         return f"<{type(error).__name__} that cannot be printed>"
     if not isinstance(text, str):
         return ""
@@ -274,7 +274,7 @@ def load_submission(source: str, name: str = "submission", warnings: list | None
         code = compile(ast.Module(body=[node], type_ignores=[]), SUBMISSION_FILE, "exec", flags=flags, dont_inherit=True)
         try:
             exec(code, module.__dict__)
-        except Exception as error:  # noqa: BLE001 - keep the rest of the submission
+        except Exception as error:  # keep the rest of the submission (re-raised when not collecting)
             if warnings is None:
                 raise
             first = (str(error).splitlines() or [""])[0][:200]
@@ -534,7 +534,7 @@ def proc_module(ns, spec, devices):
         try:
             model.load_state_dict(spec["state_dict"], strict=spec.get("strict", True))
             result["load_error"] = None
-        except Exception as error:  # architecture differs: report, then go on with own weights
+        except Exception as error:  # noqa: BLE001 - architecture differs: report, then go on with own weights
             result["load_error"] = str(error)[:1500]
     for attr, replacement in spec.get("replace", {}).items():
         setattr(model, attr, materialize(replacement, harness, ns))
@@ -682,7 +682,7 @@ def proc_overfit(ns, spec, devices):
     start = time.perf_counter()
     position = 0
     model.train()
-    for iteration in range(iters):
+    for _ in range(iters):
         for part in frozen:
             part.eval()
         if position + batch > len(order):
@@ -744,6 +744,7 @@ def proc_train(ns, spec, devices):
     The same code on CPU and GPU: images are cached as uint8 on ``device`` and
     normalised there, as the main job does."""
     import torch
+
     from data_utils.engine import TrainConfig, train_detector
     from data_utils.loaders import build_loader
     from data_utils.voc import VOCDetection
@@ -832,7 +833,7 @@ def forbid_callables(ns: dict, names: list, function: str) -> None:
 
         try:
             setattr(owner, parts[-1], blocked)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a read-only attribute: leave it
             continue
         originals.setdefault(id(original), blocked)  # the first (public) name in messages
         keep_alive.append(original)
@@ -846,7 +847,7 @@ def forbid_callables(ns: dict, names: list, function: str) -> None:
             if replacement is not None and not isinstance(value, (int, str, type(None))):
                 try:
                     space[key] = replacement
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - a read-only namespace: leave it
                     pass
 
 
@@ -954,7 +955,7 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
             # Imports refused while loading (top level) gained nothing; only
             # attempts made while the checked code runs count against it.
             del blocker.attempts[:]
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:  # noqa: BLE001 - student code can raise anything, SystemExit included
             record = {"ok": False, "stage": "load", **describe_error(error)}
         else:
             oracle = Oracle(*oracle_fds)
@@ -976,14 +977,14 @@ def child_main(job: dict, result_fd: int, oracle_fds, baseline_vm: int) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closed or hostile streams: the result still goes out
             pass
         try:
             payload = dumps(record)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:  # noqa: BLE001 - a hostile result object can raise anything
             payload = dumps({"ok": False, "error_type": "BadReturn", "error": f"result could not be serialised: {error}"})
         write_frame(result_fd, payload)
-    except BaseException:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001 - whatever happened, the child reports and exits
         status = 70
     os._exit(status)
 
@@ -1293,16 +1294,15 @@ def zygote_main(ctl_in: int, ctl_out: int) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the grader died (SIGKILL, a batch stopped): so does the sandbox
     import importlib
 
-    import numpy  # noqa: F401
+    import numpy  # noqa: F401  (preloaded once in the zygote, for every check)
     import torch
-    import torchvision  # noqa: F401
-    import torchvision.ops  # noqa: F401
+    import torchvision.ops  # noqa: F401  (preloaded once in the zygote, for every check)
 
     try:  # notebooks import pyplot; loading it once here saves time in every check
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.pyplot  # preloaded once in the zygote
     except Exception:  # noqa: BLE001 - optional
         pass
     for module in PRELOAD:

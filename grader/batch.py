@@ -279,7 +279,7 @@ def run_batch(folder: str | os.PathLike, assignment: str, *, jobs: int = 1, out:
     _STOPPING.clear()
     previous = None
     if threading.current_thread() is threading.main_thread():
-        def on_term(signum, frame):  # noqa: ARG001
+        def on_term(signum, frame):  # the signal module's handler signature
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, on_term)

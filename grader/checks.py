@@ -11,7 +11,9 @@ reference namespace in this process (:func:`run_reference`), so the student's
 and the reference's code paths differ only in the function under test.
 
 Points come from ``grader/rubric.toml`` (``tests/test_grader.py`` checks that
-every check has an entry and every entry a check).
+every check has an entry and every entry a check).  The checks of an
+assignment are listed by :func:`grader.suites.registry`; the modules that
+define them register them (:data:`grader.registry.CHECK_SUITES`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from grader import _child
 from grader.compare import Verdict
-from grader.functions import CLASSES, DEPENDENCIES, STUDENT_FUNCTIONS, all_names, check_assignment, reference
+from grader.functions import CLASSES, DEPENDENCIES, all_names, reference
 
 Judge = Callable[[list], Verdict]
 
@@ -211,6 +213,46 @@ STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 # ---------------------------------------------------------------------------
 
 
+def structure_verdict(expected_convs: int | None, structure: list, kernel: tuple | None) -> Verdict:
+    """The layer layout, named layer by layer (checked before the initialisation: a wrong
+    kernel makes every later message about statistics beside the point)."""
+    if expected_convs is None:
+        return Verdict(True)
+    convs = [r for r in structure if r["type"] == "Conv2d" and (kernel is None or tuple(r["kernel"]) == kernel)]
+    if len(convs) == expected_convs:
+        return Verdict(True)
+    size = "x".join(map(str, kernel or ()))
+    others = [r for r in structure if r["type"] == "Conv2d" and kernel is not None and tuple(r["kernel"]) != kernel]
+    listed = ", ".join(f"{r['name']} {'x'.join(map(str, r['kernel']))} conv of weight {tuple(r['weight'])}" for r in others[:4])
+    return Verdict(False, f"expected {expected_convs} {size} convs in total, found {len(convs)}"
+                          + (f"; other convs: {listed}" if listed else "")
+                          + (f" (every stem conv is {size} with padding 1)" if size == "3x3" else ""))
+
+
+def init_verdict(state: dict, special_bias: dict[str, float], expected_convs: int | None, structure: list,
+                 kernel: tuple | None = (3, 3)) -> Verdict:
+    """A head's initialisation: the layer layout first (:func:`structure_verdict`), then the biases named
+    in ``special_bias`` at their values, every other bias 0 and every large weight from N(0, 0.01)."""
+    layout = structure_verdict(expected_convs, structure, kernel)
+    if not layout.passed:
+        return layout
+    for key, value in special_bias.items():
+        if key not in state:
+            return Verdict(False, f"no parameter {key!r} (keep the attribute names of the skeleton)")
+        if not torch.allclose(state[key].double(), torch.full_like(state[key].double(), value), atol=1e-4):
+            return Verdict(False, f"{key} must be initialised to {value:.4f}" + (" (-log(99): prior probability 0.01)" if value < 0 else ""))
+    for key, value in state.items():
+        if key.endswith(".bias") and key not in special_bias and value.numel() and float(value.abs().max()) > 1e-6:
+            return Verdict(False, f"{key}: biases must be initialised to 0")
+        if key.endswith(".weight") and value.dim() in (2, 4) and value.numel() >= 256:
+            std = float(value.double().std())
+            tol = 0.003 if value.numel() >= 1000 else 0.004
+            if abs(std - 0.01) > tol or abs(float(value.double().mean())) > 0.003:
+                return Verdict(False, f"{key}: weights must be initialised from N(0, 0.01) (found std {std:.4f})")
+    return Verdict(True)
+
+
+
 def call_spec(name: str, *args, seed: int = 0, device: str = "cpu", **kwargs) -> dict:
     return {"op": "call", "name": name, "args": list(args), "kwargs": kwargs, "seed": seed, "device": device}
 
@@ -235,24 +277,7 @@ def mutation_check(name: str, spec: dict, arg_names: list[str]) -> Job:
     return Job([spec], judge)
 
 
-def registry(assignment: str) -> list[Check]:
-    """Every check of ``assignment``: the visible sanity cases first, then hidden ones, per function."""
-    check_assignment(assignment)
-    from grader import checks_one_stage, checks_two_stage, sanity
-
-    hidden = checks_one_stage.CHECKS() if assignment == "one_stage" else checks_two_stage.CHECKS()
-    visible = sanity.sanity_checks(assignment)
-    order = {name: i for i, name in enumerate(STUDENT_FUNCTIONS[assignment])}
-    checks = visible + hidden
-    checks.sort(key=lambda c: (order.get(c.function, 99), not c.visible))
-    ids = [c.id for c in checks]
-    duplicates = {i for i in ids if ids.count(i) > 1}
-    if duplicates:
-        raise RuntimeError(f"duplicate check ids: {sorted(duplicates)}")
-    return checks
-
-
-__all__ = ["Check", "Job", "registry", "run_reference", "oracle_names", "oracle_handler", "DEPENDENCIES"]
+__all__ = ["Check", "Job", "run_reference", "oracle_names", "oracle_handler", "DEPENDENCIES"]
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from grader.checks import (
     call_spec,
     close_to,
     gen,
+    init_verdict,
     level_shapes,
     mutation_check_of,
     rand_boxes,
@@ -27,7 +28,8 @@ from grader.checks import (
 )
 from grader.compare import Verdict, close, compare_tree
 from grader.functions import reference
-from grader.sanity import _greedy_nms, diagnose_nms, judge_indices, shape_tree
+from grader.judges import diagnose_nms, greedy_nms, judge_indices, shape_tree, shape_verdict
+from grader.registry import CHECK_SUITES
 
 A = "one_stage"
 LOC_HINT = "expected stride * (col + 0.5), stride * (row + 0.5) per cell, row-major with x fastest"
@@ -133,9 +135,7 @@ def _backbone_shapes(check_id: str, title: str, out_channels: int, image: tuple,
 
         def judge(values):
             from grader.compare import devices_ok
-            from grader.sanity import _shape_verdict
-
-            verdict = _shape_verdict(values[0]["outputs"], expected, "output")
+            verdict = shape_verdict(values[0]["outputs"], expected, "output")
             if verdict.passed and cuda:
                 return devices_ok(values[0]["devices"], "cuda")
             return verdict
@@ -148,43 +148,6 @@ def _backbone_shapes(check_id: str, title: str, out_channels: int, image: tuple,
 # ---------------------------------------------------------------------------
 # FCOSPredictionNetwork
 # ---------------------------------------------------------------------------
-
-
-def _structure_verdict(expected_convs: int | None, structure: list, kernel: tuple | None) -> Verdict:
-    """The layer layout, named layer by layer (checked before the initialisation: a wrong
-    kernel makes every later message about statistics beside the point)."""
-    if expected_convs is None:
-        return Verdict(True)
-    convs = [r for r in structure if r["type"] == "Conv2d" and (kernel is None or tuple(r["kernel"]) == kernel)]
-    if len(convs) == expected_convs:
-        return Verdict(True)
-    size = "x".join(map(str, kernel or ()))
-    others = [r for r in structure if r["type"] == "Conv2d" and kernel is not None and tuple(r["kernel"]) != kernel]
-    listed = ", ".join(f"{r['name']} {'x'.join(map(str, r['kernel']))} conv of weight {tuple(r['weight'])}" for r in others[:4])
-    return Verdict(False, f"expected {expected_convs} {size} convs in total, found {len(convs)}"
-                          + (f"; other convs: {listed}" if listed else "")
-                          + (f" (every stem conv is {size} with padding 1)" if size == "3x3" else ""))
-
-
-def _init_verdict(state: dict, special_bias: dict[str, float], expected_convs: int | None, structure: list,
-                  kernel: tuple | None = (3, 3)) -> Verdict:
-    layout = _structure_verdict(expected_convs, structure, kernel)
-    if not layout.passed:
-        return layout
-    for key, value in special_bias.items():
-        if key not in state:
-            return Verdict(False, f"no parameter {key!r} (keep the attribute names of the skeleton)")
-        if not torch.allclose(state[key].double(), torch.full_like(state[key].double(), value), atol=1e-4):
-            return Verdict(False, f"{key} must be initialised to {value:.4f}" + (" (-log(99): prior probability 0.01)" if value < 0 else ""))
-    for key, value in state.items():
-        if key.endswith(".bias") and key not in special_bias and value.numel() and float(value.abs().max()) > 1e-6:
-            return Verdict(False, f"{key}: biases must be initialised to 0")
-        if key.endswith(".weight") and value.dim() in (2, 4) and value.numel() >= 256:
-            std = float(value.double().std())
-            tol = 0.003 if value.numel() >= 1000 else 0.004
-            if abs(std - 0.01) > tol or abs(float(value.double().mean())) > 0.003:
-                return Verdict(False, f"{key}: weights must be initialised from N(0, 0.01) (found std {std:.4f})")
-    return Verdict(True)
 
 
 def load_error_message(error: str, layout: str) -> str:
@@ -217,7 +180,8 @@ def _flatten_diag(feat_shapes: dict, names=("class logits", "box deltas", "cente
                     continue
                 b, _, h, w = feat_shapes[level]
                 if o.shape == r.shape and close(o, r.view(b, h, w, -1).transpose(1, 2).reshape(r.shape)):
-                    return f"{names[i]}[{level!r}]: flattened in the wrong order: permute (B, C, H, W) -> (B, H, W, C) before reshaping to (B, H*W, C)"
+                    return (f"{names[i]}[{level!r}]: flattened in the wrong order: "
+                            "permute (B, C, H, W) -> (B, H, W, C) before reshaping to (B, H*W, C)")
                 if o.numel() == r.numel() and close(o.reshape(-1), r.view(b, h * w, -1).permute(0, 2, 1).reshape(-1)):
                     return f"{names[i]}[{level!r}]: reshaped without permuting channels last: permute (B, C, H, W) -> (B, H, W, C) first"
                 if i == 2 and alt_ctr is not None and close(o, alt_ctr[level]):
@@ -234,7 +198,7 @@ def _head_checks() -> list[Check]:
 
     def init_make():
         spec = {"op": "module", "name": f, "ctor_args": [5, 32, [32, 32]], "seed": 0, "return": ["init_state_dict", "structure"]}
-        return Job([spec], lambda v: _init_verdict(v[0]["init_state_dict"], {"pred_cls.bias": -math.log(99)}, 7, v[0]["structure"]))
+        return Job([spec], lambda v: init_verdict(v[0]["init_state_dict"], {"pred_cls.bias": -math.log(99)}, 7, v[0]["structure"]))
 
     def forward_make():
         torch.manual_seed(0)
@@ -278,10 +242,8 @@ def _head_checks() -> list[Check]:
             expected.append(shape_tree(run_reference(A, spec)["outputs"]))
 
         def judge(values):
-            from grader.sanity import _shape_verdict
-
             for value, exp in zip(values, expected):
-                verdict = _shape_verdict(value["outputs"], exp, "output")
+                verdict = shape_verdict(value["outputs"], exp, "output")
                 if not verdict.passed:
                     return Verdict(False, verdict.message + " (with an empty stem or three stem layers, on two levels)")
             return Verdict(True)
@@ -290,7 +252,8 @@ def _head_checks() -> list[Check]:
 
     return [
         Check(f"{f}/init", f, "initialisation: N(0, 0.01) weights, zero biases, pred_cls bias -log(99), 3x3 convs", False, init_make),
-        Check(f"{f}/forward_same_weights", f, "outputs with given weights (order of the flattened locations, centerness branch)", False, forward_make),
+        Check(f"{f}/forward_same_weights", f, "outputs with given weights (order of the flattened locations, centerness branch)",
+              False, forward_make),
         Check(f"{f}/other_configs", f, "empty and three-layer stems, other levels and batch sizes", False, configs_make),
     ]
 
@@ -344,8 +307,10 @@ def _course_match_diag(locations: dict, gt_boxes: torch.Tensor, fallback):
     """A diagnosis that first recognises the course's two matching habits, then ``fallback``."""
     def diagnose(out, ref):
         if isinstance(out, dict) and all(isinstance(out.get(k), torch.Tensor) and out[k].shape == r.shape for k, r in ref.items()):
-            same = lambda **kw: all(close(out[k], v[k]) for v in [_course_variant_match(locations, STRIDES, gt_boxes, **kw)]
-                                    for k in ref)  # noqa: E731
+            def same(**kw) -> bool:
+                variant = _course_variant_match(locations, STRIDES, gt_boxes, **kw)
+                return all(close(out[k], variant[k]) for k in ref)
+
             boundary = ("a location whose max(l, t, r, b) equals a level's lower bound (e.g. exactly 64 px on p4) must match "
                         "on that level: the ranges are lower <= max(l, t, r, b) < upper (>= at the lower bound; the course used >)")
             areas = ("of two boxes whose areas differ by a few px² the larger won: the smallest area must win; compare the "
@@ -470,7 +435,8 @@ def _match_checks() -> list[Check]:
         call_check(A, f"{f}/near_equal_areas", f, "two boxes with areas a few px² apart, the larger listed first: the smaller wins",
                    near_equal_areas, diagnose=diag(near_equal_areas, _ties_diag)),
         call_check(A, f"{f}/float64", f, "float64 inputs give float64 outputs", float64, diagnose=_match_diag, hint=MATCH_HINT),
-        call_check(A, f"{f}/non_square", f, "non-square image, batch of three with an empty image", non_square, diagnose=_match_diag, hint=MATCH_HINT),
+        call_check(A, f"{f}/non_square", f, "non-square image, batch of three with an empty image", non_square,
+                   diagnose=_match_diag, hint=MATCH_HINT),
         call_check(A, f"{f}/cuda", f, "CUDA inputs", cuda, cuda=True),
         mutation_check_of(f"{f}/no_mutation", f, batched, ["locations_per_fpn_level", "strides_per_fpn_level", "gt_boxes"]),
     ]
@@ -538,7 +504,8 @@ def _delta_checks() -> list[Check]:
         boxes = torch.full((2, 30, 5), -1.0)
         for b in range(2):
             chosen = rand_boxes(g, 30)
-            inside = (chosen[:, 0] < locations[:, 0]) & (chosen[:, 2] > locations[:, 0]) & (chosen[:, 1] < locations[:, 1]) & (chosen[:, 3] > locations[:, 1])
+            inside = ((chosen[:, 0] < locations[:, 0]) & (chosen[:, 2] > locations[:, 0])
+                      & (chosen[:, 1] < locations[:, 1]) & (chosen[:, 3] > locations[:, 1]))
             boxes[b, inside, :4] = chosen[inside]
             boxes[b, inside, 4] = 1.0
         return call_spec(f, locations, boxes, 16)
@@ -574,7 +541,10 @@ def _delta_checks() -> list[Check]:
             return "background rows (deltas -1) must give the empty box (xc, yc, xc, yc) of their own location (deltas clamped to 0)"
         return _apply_diag(8)(out, ref)
 
-    stride_tensor = lambda: (lambda d, l: call_spec(fa, d, l, torch.tensor([8.0, 16.0, 32.0]).repeat_interleave(torch.tensor([20, 20, 10]))[:, None]))(*deltas_of(27))
+    def stride_tensor() -> dict:
+        deltas, locations = deltas_of(27)
+        strides = torch.tensor([8.0, 16.0, 32.0]).repeat_interleave(torch.tensor([20, 20, 10]))[:, None]
+        return call_spec(fa, deltas, locations, strides)
     return [
         call_check(A, f"{f}/random", f, "random locations inside random boxes (4 columns), stride 16",
                    lambda: call_spec(f, *random_pairs(21), 16), diagnose=_deltas_diag(16)),
@@ -599,7 +569,8 @@ def _delta_checks() -> list[Check]:
                    hint="centerness = sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))"),
         call_check(A, f"{fc}/background", fc, "background rows give -1", lambda: call_spec(fc, centerness_input(32, background=True)),
                    diagnose=lambda out, ref: ("centerness must be -1 for background rows (deltas of -1)"
-                                              if isinstance(out, torch.Tensor) and out.shape == ref.shape and not close(out[ref == -1], ref[ref == -1])
+                                              if isinstance(out, torch.Tensor) and out.shape == ref.shape
+                                              and not close(out[ref == -1], ref[ref == -1])
                                               else None)),
         call_check(A, f"{fc}/batched", fc, "batched deltas (B, L, 4) give (B, L)", lambda: call_spec(fc, centerness_input(33, True, True))),
         call_check(A, f"{fc}/float64", fc, "float64 inputs", lambda: call_spec(fc, centerness_input(34, True, dtype=torch.float64))),
@@ -662,7 +633,7 @@ def _zero_area_judge(out, expected, spec):
     verdict = judge_indices(out, expected)
     if verdict.passed or not isinstance(out, torch.Tensor):
         return verdict
-    if len(out) < len(expected) and out.reshape(-1).tolist() == _greedy_nms(*spec["args"][:3], keep_le=True):
+    if len(out) < len(expected) and out.reshape(-1).tolist() == greedy_nms(*spec["args"][:3], keep_le=True):
         return Verdict(False, "two zero-area boxes have IoU 0 / 0 = NaN, and your NMS suppresses them: keeping only boxes with "
                               "IoU <= threshold drops NaN; suppress a box only when IoU > threshold (torchvision.ops.nms keeps both)")
     return verdict
@@ -788,7 +759,8 @@ def _loss_judge(expected_calls, keys=("loss_cls", "loss_box", "loss_ctr"), devic
                 if close(value.reshape(()), exp[key].reshape(()), atol=1e-5, rtol=1e-3):
                     matched += 1
                 elif first_problem is None:
-                    if i == 1 and all(close(outputs[0].get(k, torch.tensor(0.0)).reshape(()), expected_calls[0][k].reshape(()), 1e-5, 1e-3) for k in keys):
+                    if i == 1 and all(close(outputs[0].get(k, torch.tensor(0.0)).reshape(()), expected_calls[0][k].reshape(()),
+                                            1e-5, 1e-3) for k in keys):
                         first_problem = ("the first step's losses are right but the second's differ: the normalizer is a running "
                                          "average, normalizer = 0.9 * normalizer + 0.1 * (positive locations per image), starting at 150, "
                                          "updated in training mode")
@@ -889,7 +861,8 @@ def _fcos_checks() -> list[Check]:
                 if not close(scores[order_o], e[1][order_e], atol=1e-5, rtol=1e-4):
                     return Verdict(False, f"image {i}: scores differ: score = sqrt(sigmoid(class logit) * sigmoid(centerness logit))")
                 if boxes.shape != e[0].shape or not close(boxes[order_o], e[0][order_e], atol=1e-3, rtol=1e-4):
-                    return Verdict(False, f"image {i}: boxes differ (decode with fcos_apply_deltas_to_locations and each level's stride, clip to the image)")
+                    return Verdict(False, f"image {i}: boxes differ (decode with fcos_apply_deltas_to_locations "
+                                          "and each level's stride, clip to the image)")
                 if not torch.equal(classes[order_o].long(), e[2][order_e].long()):
                     return Verdict(False, f"image {i}: classes differ (the argmax class of each location)")
             return Verdict(True)
@@ -907,7 +880,9 @@ def _fcos_checks() -> list[Check]:
     ]
 
 
-def CHECKS() -> list[Check]:  # noqa: N802 - a registry function
+@CHECK_SUITES.register("one_stage/hidden")
+def hidden_checks() -> list[Check]:
+    """Every hidden check of one_stage (registered: :func:`grader.suites.registry` lists them)."""
     return [
         _fpn_check(),
         _backbone_shapes("DetectorBackboneWithFPN/other_sizes", "other image sizes, batch 3, out_channels 32", 32, (3, 3, 160, 96)),

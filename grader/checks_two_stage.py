@@ -19,16 +19,17 @@ from grader.checks import (
     call_spec,
     close_to,
     gen,
+    init_verdict,
     level_shapes,
     mutation_check_of,
     rand_boxes,
     rand_gt,
     run_reference,
 )
-from grader.checks_one_stage import _init_verdict
 from grader.compare import Verdict, close, compare_tree, devices_ok
 from grader.functions import reference
-from grader.sanity import _shape_verdict, judge_samples, shape_tree
+from grader.judges import judge_samples, shape_tree, shape_verdict
+from grader.registry import CHECK_SUITES
 
 A = "two_stage"
 NEUTRAL = -1e8
@@ -78,7 +79,7 @@ def _rpn_head_checks() -> list[Check]:
 
         def judge(values):
             value = values[0]
-            verdict = _init_verdict(value["init_state_dict"], {}, 1, value["structure"])
+            verdict = init_verdict(value["init_state_dict"], {}, 1, value["structure"])
             if not verdict.passed:
                 return verdict
             ones = [r for r in value["structure"] if r["type"] == "Conv2d" and tuple(r["kernel"]) == (1, 1)]
@@ -115,7 +116,8 @@ def _rpn_head_checks() -> list[Check]:
                 for level, r in expected[0].items():
                     o = out[0].get(level) if isinstance(out[0], dict) else None
                     if isinstance(o, torch.Tensor) and not close(o, r):
-                        return Verdict(False, f"objectness[{level!r}]: " + (_anchor_major_diag(3, 1)(o.reshape(r.shape[0], -1, 1), r.reshape(r.shape[0], -1, 1)) or verdict.message))
+                        diag = _anchor_major_diag(3, 1)(o.reshape(r.shape[0], -1, 1), r.reshape(r.shape[0], -1, 1))
+                        return Verdict(False, f"objectness[{level!r}]: " + (diag or verdict.message))
                 for level, r in expected[1].items():
                     o = out[1].get(level) if isinstance(out[1], dict) else None
                     if isinstance(o, torch.Tensor) and not close(o, r):
@@ -136,7 +138,7 @@ def _rpn_head_checks() -> list[Check]:
 
         def judge(values):
             for value, exp in zip(values, expected):
-                verdict = _shape_verdict(value["outputs"], exp, "output")
+                verdict = shape_verdict(value["outputs"], exp, "output")
                 if not verdict.passed:
                     return Verdict(False, verdict.message + " (empty stem / 2 anchors, or two stem layers / 1 anchor)")
             return Verdict(True)
@@ -223,7 +225,8 @@ def _iou_diag(b1, b2):
         a2 = ((b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1]))[None, :]
         if close(out, inter / (a1 + a2).clamp(min=1e-9), atol=1e-4):
             return "the union looks wrong: union = area1 + area2 - intersection"
-        if close(out, inter / torch.maximum(a1, a2).clamp(min=1e-9), atol=1e-4) or close(out, inter / torch.minimum(a1, a2).clamp(min=1e-9), atol=1e-4):
+        if (close(out, inter / torch.maximum(a1, a2).clamp(min=1e-9), atol=1e-4)
+                or close(out, inter / torch.minimum(a1, a2).clamp(min=1e-9), atol=1e-4)):
             return "divided by one box's area instead of the union"
         inter1 = (x2 - x1 + 1).clamp(min=0) * (y2 - y1 + 1).clamp(min=0)
         a1p = ((b1[:, 2] - b1[:, 0] + 1) * (b1[:, 3] - b1[:, 1] + 1))[:, None]
@@ -421,7 +424,8 @@ def _delta_checks() -> list[Check]:
                    hint="x = px + dx * pw, w = pw * exp(dw), boxes as (cx - w/2, cy - h/2, cx + w/2, cy + h/2)"),
         call_check(A, f"{fa}/clamp", fa, "large dw, dh are clamped to log(224 / 8)", lambda: deltas(96, big=True), atol=1e-3,
                    diagnose=lambda out, ref: ("dw and dh must be clamped to at most log(224 / 8) before exp"
-                                              if isinstance(out, torch.Tensor) and out.shape == ref.shape and float(out.abs().max()) > 2 * float(ref.abs().max()) else None)),
+                                              if isinstance(out, torch.Tensor) and out.shape == ref.shape
+                                              and float(out.abs().max()) > 2 * float(ref.abs().max()) else None)),
         call_check(A, f"{fa}/broadcast_batch", fa, "(B, A, 4) deltas with (A, 4) anchors", apply_batched, atol=1e-3),
         call_check(A, f"{fa}/float64", fa, "float64 inputs", lambda: deltas(98, dtype=torch.float64), atol=1e-6),
         mutation_check_of(f"{fa}/no_mutation", fa, lambda: deltas(99, big=True), ["deltas", "anchors"],
@@ -691,8 +695,9 @@ def _roi_checks() -> list[Check]:
 
         return diagnose
 
-    empty_pool = lambda: call_spec(fp, {k: torch.randn(1, 4, 224 // s, 224 // s, generator=gen(125)) for k, s in STRIDES.items()},
-                                   STRIDES, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+    def empty_pool() -> dict:
+        feats = {k: torch.randn(1, 4, 224 // s, 224 // s, generator=gen(125)) for k, s in STRIDES.items()}
+        return call_spec(fp, feats, STRIDES, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
     return [
         call_check(A, f"{f}/random", f, "200 random boxes", random_boxes,
                    hint="k = round(4 + log2(sqrt(w * h) / 128)), halves up, clamped to [3, 5]"),
@@ -702,7 +707,8 @@ def _roi_checks() -> list[Check]:
                    diagnose=pool_diag(lambda: pool_spec(122))),
         call_check(A, f"{fp}/empty", fp, "no RoIs gives (0, C, 7, 7)", empty_pool),
         call_check(A, f"{fp}/float64", fp, "float64 features", lambda: pool_spec(123, 10, torch.float64), atol=1e-8),
-        mutation_check_of(f"{fp}/no_mutation", fp, lambda: pool_spec(124, 10), ["feats_per_fpn_level", "strides_per_fpn_level", "image_idx", "boxes"]),
+        mutation_check_of(f"{fp}/no_mutation", fp, lambda: pool_spec(124, 10),
+                          ["feats_per_fpn_level", "strides_per_fpn_level", "image_idx", "boxes"]),
     ]
 
 
@@ -755,7 +761,7 @@ def _frcnn_checks() -> list[Check]:
             if not state:
                 return Verdict(False, "no parameters under cls_pred (keep the skeleton's attribute name)")
             structure = [r for r in value["structure"] if r["name"].startswith("cls_pred")]
-            verdict = _init_verdict(state, {}, 2, structure)
+            verdict = init_verdict(state, {}, 2, structure)
             if not verdict.passed:
                 return verdict
             linear = [r for r in structure if r["type"] == "Linear"]
@@ -845,6 +851,8 @@ def _frcnn_checks() -> list[Check]:
     ]
 
 
-def CHECKS() -> list[Check]:  # noqa: N802 - a registry function
+@CHECK_SUITES.register("two_stage/hidden")
+def hidden_checks() -> list[Check]:
+    """Every hidden check of two_stage (registered: :func:`grader.suites.registry` lists them)."""
     return [*_flatten_checks(), *_rpn_head_checks(), *_anchor_checks(), *_iou_checks(), *_match_checks(),
             *_delta_checks(), *_sample_checks(), *_rpn_checks(), *_roi_checks(), *_frcnn_checks()]

@@ -89,17 +89,17 @@ def _write(path: str, text: str) -> None:
 
 
 def cmd_grade(args) -> int:
-    from grader.grade import grade_path
-    from grader.report import console_table, gradescope_results, markdown_feedback
-
     import signal
+
+    from grader.notebook import grade_path
+    from grader.report import console_table, gradescope_results, markdown_feedback
 
     # SIGTERM (e.g. from `grader batch`) unwinds like Ctrl-C: the sandbox is closed and its
     # scratch folder removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     progress = None
     if not args.quiet:
-        def progress(result):  # noqa: ANN001
+        def progress(result):
             print(f"  {result.status:<7} {result.id}", file=sys.stderr, flush=True)
 
     report = grade_path(

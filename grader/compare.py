@@ -161,7 +161,7 @@ def compare_tensor(
         try:
             if test(out):
                 return Verdict(False, f"{what}: {message}", rel_error=err)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a diagnosis must never break grading
             pass
     text = f"{what}: values differ from the expected ones" + ("" if is_hidden() else f" (rel error {err:.1e})")
     if hint:
@@ -211,7 +211,8 @@ def compare_tree(out, ref, *, what: str = "output", **kwargs) -> Verdict:
 
 def tree_equal(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)))
+        return a.shape == b.shape and a.dtype == b.dtype and bool(
+            torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(tree_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -245,7 +246,8 @@ def check_not_mutated(before: dict, after: dict | None, names: Sequence[str] | N
     for i, (b, a) in enumerate(zip(args_before, args_after)):
         if not tree_equal(b, a):
             name = names[i] if names and i < len(names) else f"argument {i + 1}"
-            return Verdict(False, f"modified its input `{name}` in place (work on a copy: e.g. use out-of-place ops like x.clamp(...) instead of x.clamp_(...))")
+            return Verdict(False, f"modified its input `{name}` in place (work on a copy: "
+                                  "e.g. use out-of-place ops like x.clamp(...) instead of x.clamp_(...))")
     for key, b in before.get("kwargs", {}).items():
         if key in after.get("kwargs", {}) and not tree_equal(b, after["kwargs"][key]):
             return Verdict(False, f"modified its input `{key}` in place (work on a copy)")

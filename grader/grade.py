@@ -32,19 +32,21 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from grader import checks as checks_module
+from grader import suites
 from grader.compare import Verdict, hidden_feedback, redact_hidden
-from grader.forbidden import forbidden_message, forbidden_names
+from grader.forbidden import forbidden_message
 from grader.forbidden import forbidden_uses as find_forbidden
-from grader.functions import CLASSES, DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
 from grader.gates import apply_gates
+from grader.jobs import oracle_and_given, run_jobs
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult, GradeReport
 from grader.rubric import limits_for, load_rubric, split_points
 from grader.sandbox import Outcome, Sandbox
+from grader.submission_text import defined_names, relabel_lines
 
 Progress = Callable[[CheckResult], None]
 
@@ -77,20 +79,6 @@ def check_sandbox_works(sandbox: Sandbox) -> None:
         raise GraderInfrastructureError(
             f"the grader's sandbox ({sandbox.mode}) cannot run the grader's own probe (import torch, add numbers): "
             f"{outcome.describe()}. Fix the installation (e.g. `python -m grader sandbox-info`) before grading.")
-
-
-def defined_names(source: str) -> set[str]:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, RecursionError, MemoryError, ValueError):  # e.g. a 20,000-term expression
-        return set()
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-    return names
 
 
 def _is_stub_body(body: list[ast.stmt]) -> bool:
@@ -128,45 +116,6 @@ def stub_names(source: str, names: Sequence[str]) -> list[str]:
         elif _is_stub_body(node.body):
             stubs.append(name)
     return sorted(stubs, key=list(names).index)
-
-
-def _oracle_and_given(assignment: str, function: str | None, isolate: bool, defined: set[str]) -> tuple[list[str], list[str]]:
-    """Names answered by the reference while checking ``function``, and classes the harness supplies."""
-    missing_deps = [n for n in DEPENDENCIES[assignment] if n not in defined]
-    if isolate and function is not None:
-        oracle = checks_module.oracle_names(assignment, function)
-    else:
-        oracle = [n for n in missing_deps if n not in CLASSES]
-    given = [n for n in missing_deps if n in CLASSES]
-    return oracle, given
-
-
-def run_jobs(sandbox: Sandbox, source: str, assignment: str, function: str | None, specs: Sequence[dict], *,
-             isolate: bool, defined: set[str], limits: dict) -> tuple[list | None, Outcome | None, str]:
-    """Run specs in order; returns (values, failing outcome, captured output)."""
-    oracle, given = _oracle_and_given(assignment, function, isolate, defined)
-    forbidden = forbidden_names(assignment, function) if function else ()
-    values, output = [], []
-    for spec in specs:
-        if forbidden:  # the child makes them raise while this function runs (grader/forbidden.py)
-            spec = {**spec, "forbidden": {"function": function, "names": list(forbidden)}}
-        outcome = sandbox.run(source, spec, limits=limits, oracle=oracle, oracle_handler=checks_module.oracle_handler,
-                              given_classes=given)
-        if outcome.stdout:
-            output.append(outcome.stdout)
-        if outcome.blocked_imports:
-            outcome.status, outcome.error_type = "error", "ImportError"
-            outcome.error = f"your code tried to import {', '.join(sorted(set(outcome.blocked_imports)))}: not allowed"
-            outcome.traceback = ""
-            return None, outcome, "".join(output)
-        if not outcome.ok:
-            from grader.notebook import relabel_lines
-
-            outcome.traceback = relabel_lines(outcome.traceback or "", source)
-            outcome.error = relabel_lines(outcome.error or "", source) if outcome.error_type == "SyntaxError" else outcome.error
-            return None, outcome, "".join(output)
-        values.append(outcome.value)
-    return values, None, "".join(output)
 
 
 def _is_fatal(outcome: Outcome) -> bool:
@@ -257,12 +206,8 @@ def grade_source(
             probe = sandbox.run(source, {"op": "load"}, limits={"wall_seconds": float(limits_for(rubric).get("load_seconds", 60))})
             if not probe.ok:
                 load_failure = probe
-                from grader.notebook import relabel_lines
-
                 report.errors.append("your code could not be loaded: " + relabel_lines(probe.describe(), source))
             else:
-                from grader.notebook import relabel_lines
-
                 # What the child returns is untrusted: only strings, few and short.
                 value = probe.value if isinstance(probe.value, dict) else {}
                 warnings = value.get("warnings") if isinstance(value.get("warnings"), list) else []
@@ -301,7 +246,7 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
     cuda = torch.cuda.is_available() and (sandbox is None or sandbox.cuda)
     base_limits = limits_for(rubric)
     timed_out: set[str] = set()
-    selected = [c for c in checks_module.registry(assignment) if c.function in wanted]
+    selected = [c for c in suites.registry(assignment) if c.function in wanted]
     skipped = {c.id for c in selected if c.cuda and not cuda}
     points = split_points(rubric, assignment, selected, skipped)
     pending: list[CheckResult] = []  # one function's results, released once its gates are applied
@@ -310,7 +255,7 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
     def forbidden_uses(check) -> list[str]:
         """Library functions the notebook forbids that the submission's ``check.function`` uses (read, not run)."""
         if check.function not in uses:
-            answered = _oracle_and_given(assignment, check.function, check.isolate, defined)[0]
+            answered = oracle_and_given(assignment, check.function, check.isolate, defined)[0]
             uses[check.function] = find_forbidden(source, assignment, check.function, answered)
         return uses[check.function]
 
@@ -393,16 +338,3 @@ def _grade_functions(report: GradeReport, sandbox: Sandbox, source: str, assignm
         result.seconds = round(time.monotonic() - t0, 3)
         pending.append(result)
     release()
-
-
-def grade_path(path: str | os.PathLike, assignment: str, **kwargs) -> GradeReport:
-    """Grade a notebook, module or folder; unreadable files give a zero report with the reason."""
-    from grader.notebook import SubmissionError, extract_submission
-
-    try:
-        submission = extract_submission(path, assignment)
-    except SubmissionError as error:
-        return grade_source("", assignment, unreadable=str(error), submission=str(Path(path)), **kwargs)
-    notes = list(kwargs.pop("notes", [])) + submission.notes
-    return grade_source(submission.source, assignment, notes=notes, defined=submission.defined,
-                        broken=submission.broken, submission=str(Path(path)), **kwargs)

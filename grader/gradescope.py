@@ -35,6 +35,7 @@ import stat
 import zipfile
 from pathlib import Path
 
+from data_utils.atomic import atomic_write_bytes
 from grader.functions import check_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,10 +117,7 @@ def build_bundle(assignment: str, out: str | os.PathLike) -> Path:
         for name in FILES:
             if (ROOT / name).is_file():
                 _add(zf, name, (ROOT / name).read_bytes())
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
-    return out
+    return atomic_write_bytes(out, buffer.getvalue())
 
 
 def install_bundle(bundle: str | os.PathLike, autograder_root: str | os.PathLike) -> Path:

@@ -164,7 +164,7 @@ def predict_in_sandbox(sandbox, source: str, assignment: str, settings: dict, st
                        defined: set[str], limits: dict, chunk: int = 256, threads: int = 1, config: dict | None = None):
     """Detections (original pixels) of every image of ``dataset`` by the student's model; or an Outcome on failure."""
     from data_utils.conventions import Detections
-    from grader.grade import run_jobs
+    from grader.jobs import run_jobs
 
     detections = []
     device = "cuda" if (torch.cuda.is_available() and sandbox.cuda) else "cpu"
@@ -264,7 +264,7 @@ def map_results(sandbox, source: str, assignment: str, rubric: dict, *, weights=
     limits = limits_for(rubric, "map")
     how = ""
     if retrain:
-        from grader.grade import run_jobs
+        from grader.jobs import run_jobs
 
         cfg = dict(schedule["retrain"])
         spec = {"op": "train", "model": kind, "config": config, "voc_dir": str(voc_dir), "split": "train",

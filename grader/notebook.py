@@ -29,11 +29,17 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
+from grader.markers import BEGIN_HIDDEN_TESTS
+from grader.submission_text import defined_names, top_level_statements
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from grader.results import GradeReport
 
 #: Calls that mark a cell as a test cell (never part of the submission's code).
-TEST_MARKERS = ("grade_cell(", "run_sanity(", "### BEGIN HIDDEN TESTS")
+TEST_MARKERS = ("grade_cell(", "run_sanity(", BEGIN_HIDDEN_TESTS)
 BLOCKED_IMPORTS = ("solutions", "grader")
 #: Modules of the notebook's own tooling that graded code never needs.
 NOTEBOOK_ONLY_MODULES = ("course_tools", "course_sanity", "google")
@@ -114,32 +120,6 @@ def _is_import(node: ast.stmt) -> bool:
     return isinstance(node, (ast.Import, ast.ImportFrom))
 
 
-def _top_level_statements(tree: ast.Module):
-    """Statements that run at module level: the body and, recursively, the bodies of
-    top-level ``if``/``try``/``with``/loops (a definition inside an ``if`` is a definition)."""
-    stack = list(reversed(tree.body))
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try, getattr(ast, "TryStar", ast.Try))):
-            children = list(node.body) + list(getattr(node, "orelse", [])) + list(getattr(node, "finalbody", []))
-            for handler in getattr(node, "handlers", []):
-                children += handler.body
-            stack.extend(reversed(children))
-
-
-def _defined_names(tree: ast.Module) -> set[str]:
-    names = set()
-    for node in _top_level_statements(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    names.add(target.id)
-    return names
-
-
 def _top_level_chunks(source: str) -> list[tuple[int, str]]:
     """Split source at lines starting in column 0 with a keyword that opens a
     top-level statement: used to salvage what parses from a broken cell."""
@@ -152,11 +132,6 @@ def _top_level_chunks(source: str) -> list[tuple[int, str]]:
     for a, b in zip(starts, starts[1:] + [len(lines)]):
         chunks.append((a, "".join(lines[a:b])))
     return chunks
-
-
-#: What ``ast.parse`` raises on text it cannot turn into a tree: syntax errors, code nested
-#: too deeply (a 20,000-term expression: RecursionError), null bytes (ValueError).
-PARSE_ERRORS = (SyntaxError, RecursionError, MemoryError, ValueError)
 
 
 def _parse(text: str) -> ast.Module:
@@ -275,7 +250,7 @@ def clean_source(source: str, label: str, notes: list[str], broken: dict[str, st
             for i in range(start, node.end_lineno):
                 if offset + i < len(kept_lines):
                     kept_lines[offset + i] = chunk_lines[i] if i < len(chunk_lines) else ""
-        defined |= _defined_names(ast.Module(body=kept_nodes, type_ignores=[]))
+        defined |= defined_names(ast.Module(body=kept_nodes, type_ignores=[]))
     return "\n".join(kept_lines), defined
 
 
@@ -285,7 +260,7 @@ def _defines_something(source: str) -> bool:
         tree = _parse(_ipython_to_python(source))
     except SyntaxError:
         return bool(re.search(r"^(async\s+)?(def|class)\s", source, flags=re.M))
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in _top_level_statements(tree))
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in top_level_statements(tree))
 
 
 def _nbgrader_meta(cell: dict) -> dict:
@@ -509,26 +484,22 @@ def extract_submission(path: str | os.PathLike, assignment: str) -> Submission:
     return Submission(str(file), "\n".join(parts), notes, defined, broken)
 
 
-def locate(source: str, lineno: int) -> str:
-    """``"cell 12, line 3"`` for a line of an extracted source (``"line N"`` without cell markers)."""
-    lines = source.splitlines()
-    for i in range(min(lineno, len(lines)) - 1, -1, -1):
-        match = re.match(r"# --- (cell \d+|input \d+) ---$", lines[i])
-        if match:
-            return f"{match.group(1)}, line {lineno - i - 1}"
-    return f"line {lineno}"
-
-
-def relabel_lines(text: str, source: str) -> str:
-    """Rewrite ``line N`` references of a traceback into notebook cell positions."""
-    if "# --- " not in source:
-        return text
-    return re.sub(r"\bline (\d+)", lambda m: locate(source, int(m.group(1))), text)
-
-
 def extract_student_code(notebook_path: str | os.PathLike, assignment: str) -> str:
     """The submission's source (see :func:`extract_submission`)."""
     return extract_submission(notebook_path, assignment).source
+
+
+def grade_path(path: str | os.PathLike, assignment: str, **kwargs) -> GradeReport:
+    """Grade a notebook, module or folder; unreadable files give a zero report with the reason."""
+    from grader.grade import grade_source
+
+    try:
+        submission = extract_submission(path, assignment)
+    except SubmissionError as error:
+        return grade_source("", assignment, unreadable=str(error), submission=str(Path(path)), **kwargs)
+    notes = list(kwargs.pop("notes", [])) + submission.notes
+    return grade_source(submission.source, assignment, notes=notes, defined=submission.defined,
+                        broken=submission.broken, submission=str(Path(path)), **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -594,7 +565,7 @@ class Points(float):
 
 def _reference_available() -> bool:
     try:
-        import solutions  # noqa: F401
+        import solutions  # noqa: F401  (only whether it imports matters)
 
         return True
     except ImportError:

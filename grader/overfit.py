@@ -204,10 +204,10 @@ def overfit_results(sandbox, source: str, assignment: str, rubric: dict, *, defi
 
 def _run_job(sandbox, source: str, assignment: str, spec: dict, replaced: list[str], defined: set[str], *, limits: dict):
     """One sandbox job with ``replaced`` (and missing dependencies) answered by the reference;
-    ``(values, failing outcome, output)`` as :func:`grader.grade.run_jobs` returns them."""
+    ``(values, failing outcome, output)`` as :func:`grader.jobs.run_jobs` returns them."""
     from grader import checks as checks_module
     from grader.functions import DEPENDENCIES
-    from grader.grade import run_jobs
+    from grader.jobs import run_jobs
 
     missing_deps = [n for n in DEPENDENCIES[assignment] if n not in defined]
     oracle = [n for n in dict.fromkeys([*replaced, *missing_deps]) if n not in CLASSES]
@@ -224,7 +224,7 @@ def _run_job(sandbox, source: str, assignment: str, spec: dict, replaced: list[s
         outcome.traceback = ""
         return None, outcome, output
     if not outcome.ok:
-        from grader.notebook import relabel_lines
+        from grader.submission_text import relabel_lines
 
         outcome.traceback = relabel_lines(outcome.traceback or "", source)
         return None, outcome, output

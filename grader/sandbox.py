@@ -284,7 +284,7 @@ def detect_mode(requested: str | None = None) -> tuple[str, str]:
     if requested not in MODES:
         raise ValueError(f"sandbox mode must be one of {MODES}, not {requested!r}")
     if requested == "fallback":
-        return "fallback", f"fallback isolation (resource limits, scrubbed environment, import hook): requested"
+        return "fallback", "fallback isolation (resource limits, scrubbed environment, import hook): requested"
     ok, reason = probe_bwrap()
     if ok:
         return "bwrap", "bubblewrap: no network, own PID namespace, read-only system, no access to the reference or grader"
@@ -452,7 +452,8 @@ class Sandbox:
             who += ("; the Python installation is not readable by that uid, so only the modules the sandbox "
                     "preloads can be imported")
         if self.mode == "bwrap":
-            space = f"/tmp and the scratch folder are tmpfs of {BWRAP_TMP_BYTES >> 20} and {BWRAP_SCRATCH_BYTES >> 20} MiB; only a few files of /etc are visible"
+            space = (f"/tmp and the scratch folder are tmpfs of {BWRAP_TMP_BYTES >> 20} and {BWRAP_SCRATCH_BYTES >> 20} MiB; "
+                     "only a few files of /etc are visible")
         else:
             space = (f"scratch folder capped at {int(self.limits['scratch_bytes']) >> 20} MiB; the code can read world-readable "
                      "files and use the network")
@@ -628,7 +629,8 @@ class Sandbox:
                 if attempt == 1:
                     raise SandboxError(str(error)) from None
         job = {"source": source, "spec": spec, "limits": limits, "oracle": list(oracle or []),
-               "given_sources": _given.given_sources(given_classes or []), "threads": int(limits.get("threads", self.threads)), "scratch": str(self.scratch),
+               "given_sources": _given.given_sources(given_classes or []), "threads": int(limits.get("threads", self.threads)),
+               "scratch": str(self.scratch),
                "lib_dir": str(self.lib_dir),
                "run_as": [self.lease.uid, self.lease.gid] if self.lease is not None else None}
         try:

@@ -35,13 +35,18 @@ from typing import Any
 
 import torch
 
+from data_utils.atomic import atomic_torch_save
 from grader import _child
 from grader.compare import Verdict, close, compare_tree, rel_error
 from grader.functions import STUDENT_FUNCTIONS, check_assignment
+from grader.judges import diagnose_nms, judge_indices, judge_samples, shape_tree, shape_verdict
+from grader.registry import CHECK_SUITES
 from grader.results import FAILED, PASSED, CheckResult
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_VERSION = 1
+#: What a fixture is generated from: the cases (this module) and the expected values (the reference).
+FIXTURE_SOURCES = ("grader/sanity.py", "solutions/")
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
 
@@ -71,7 +76,7 @@ def _randn(*shape: int, seed: int = 0) -> dict:
     return {"__randn__": list(shape), "seed": seed}
 
 
-# ANCHORS 1.2 inputs (the values the course printed).
+# The original course's sanity-check inputs (EECS 498/598 A4 printed these values).
 _BOXES = [[10.0, 15, 100, 115, 1], [30, 20, 40, 30, 1], [120, 100, 200, 200, 1]]
 _LOCATIONS = [[30.0, 40], [32, 29], [125, 150]]
 _IOU_1 = [[10.0, 10, 90, 90], [20, 20, 40, 40], [60, 60, 80, 80]]
@@ -244,7 +249,8 @@ def _one_stage_cases() -> list[SanityCase]:
                                 _call("nms", boxes, scores, thr), {"kind": "index_sequence"}))
     cases += [
         SanityCase("class_spec_nms/sanity", "class_spec_nms", "boxes of different classes never suppress each other",
-                   _call("class_spec_nms", torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [21, 21, 30, 30], [0, 0, 9, 9]]),
+                   _call("class_spec_nms", torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10],
+                                                         [20, 20, 30, 30], [21, 21, 30, 30], [0, 0, 9, 9]]),
                          torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), torch.tensor([0, 0, 1, 1, 1, 1]), 0.5),
                    {"kind": "index_sequence"}),
         SanityCase("FCOS/sanity_fixed_losses", "FCOS",
@@ -292,7 +298,8 @@ def _two_stage_cases() -> list[SanityCase]:
         SanityCase("rcnn_match_anchors_to_gt/sanity", "rcnn_match_anchors_to_gt",
                    "five anchors matched to three boxes (and padding), thresholds (0.3, 0.6)",
                    _call("rcnn_match_anchors_to_gt",
-                         torch.tensor([[20.0, 40, 80, 90], [10, 10, 50, 50], [120, 100, 200, 200], [0, 0, 30, 30], [100, 100, 140, 140], [12, 17, 98, 110]]),
+                         torch.tensor([[20.0, 40, 80, 90], [10, 10, 50, 50], [120, 100, 200, 200],
+                                       [0, 0, 30, 30], [100, 100, 140, 140], [12, 17, 98, 110]]),
                          torch.tensor(_BOXES + [[-1.0] * 5]), (0.3, 0.6)),
                    {"kind": "allclose", "atol": 1e-5, "rtol": 0}),
         SanityCase("rcnn_get_deltas_from_anchors/sanity", "rcnn_get_deltas_from_anchors",
@@ -316,7 +323,8 @@ def _two_stage_cases() -> list[SanityCase]:
                    {"kind": "rpn_forward", "keys": ["loss_rpn_obj", "loss_rpn_box"], "post_nms_topk": 100}),
         SanityCase("assign_rois_to_fpn_levels/sanity", "assign_rois_to_fpn_levels", "FPN levels of boxes of sides 20 to 300 px",
                    _call("assign_rois_to_fpn_levels", torch.tensor([[0.0, 0, 20, 20], [0, 0, 64, 64], [0, 0, 90, 90], [0, 0, 92, 92],
-                                                                     [0, 0, 128, 128], [0, 0, 180, 180], [0, 0, 182, 182], [0, 0, 300, 300], [5, 5, 5, 5]])),
+                                                                     [0, 0, 128, 128], [0, 0, 180, 180], [0, 0, 182, 182],
+                                                                     [0, 0, 300, 300], [5, 5, 5, 5]])),
                    {"kind": "allclose", "atol": 0, "rtol": 0}),
         SanityCase("pool_roi_features/sanity", "pool_roi_features", "RoIAlign of four boxes from the right levels, in the boxes' order",
                    _call("pool_roi_features", pool_feats, STRIDES, torch.tensor([0, 1, 0, 1]), pool_boxes),
@@ -381,19 +389,23 @@ def expected_value(assignment: str, case: SanityCase):
     return {k: v for k, v in value.items() if k in ("output", "outputs")}
 
 
-def export_sanity_fixtures(assignment: str, path: str | os.PathLike | None = None) -> Path:
-    """Write the visible cases of ``assignment`` with their expected values (from the reference)."""
+def export_sanity_fixtures(assignment: str, path: str | os.PathLike | None = None,
+                           provenance: dict | None = None) -> Path:
+    """Write the visible cases of ``assignment`` with their expected values (from the reference).
+
+    The file also says what it was generated from and how to regenerate it (``provenance``, the
+    builder's mark; by default this function's own command line)."""
     path = Path(path) if path is not None else FIXTURE_DIR / f"{assignment}_sanity.pt"
+    if provenance is None:
+        provenance = {"generated_from": list(FIXTURE_SOURCES), "regenerate_with": f"python -m grader export-sanity {assignment}",
+                      "note": "generated file: edit the sources and rebuild, do not edit this file"}
     cases = []
     for case in sanity_cases(assignment):
         case = resolved_case(case)
         cases.append({"id": case.id, "function": case.function, "title": case.title, "spec": case.spec,
                       "compare": case.compare, "expected": expected_value(assignment, case)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": FIXTURE_VERSION, "assignment": assignment, "cases": cases}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save({"version": FIXTURE_VERSION, "assignment": assignment, "provenance": dict(provenance),
+                              "cases": cases}, path)
 
 
 def load_fixtures(assignment: str, path: str | os.PathLike | None = None) -> dict:
@@ -410,46 +422,6 @@ def load_fixtures(assignment: str, path: str | os.PathLike | None = None) -> dic
 # ---------------------------------------------------------------------------
 # Judging (shared by the notebook and the grader)
 # ---------------------------------------------------------------------------
-
-
-def shape_tree(obj):
-    if isinstance(obj, torch.Tensor):
-        return tuple(obj.shape)
-    if isinstance(obj, dict):
-        return {k: shape_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [shape_tree(v) for v in obj]
-    return None
-
-
-def _shape_verdict(out, expected, what: str) -> Verdict:
-    if isinstance(expected, tuple):
-        if not isinstance(out, torch.Tensor):
-            return Verdict(False, f"{what}: expected a tensor of shape {expected}, got {type(out).__name__}")
-        if tuple(out.shape) != expected:
-            return Verdict(False, f"{what}: shape {tuple(out.shape)}, expected {expected}")
-        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-            return Verdict(False, f"{what}: contains NaN or inf")
-        return Verdict(True)
-    if isinstance(expected, dict):
-        if not isinstance(out, dict):
-            return Verdict(False, f"{what}: expected a dict with keys {sorted(expected)}, got {type(out).__name__}")
-        for key, sub in expected.items():
-            if key not in out:
-                return Verdict(False, f"{what}: missing key {key!r}")
-            verdict = _shape_verdict(out[key], sub, f"{what}[{key!r}]")
-            if not verdict.passed:
-                return verdict
-        return Verdict(True)
-    if isinstance(expected, list):
-        if not isinstance(out, (list, tuple)) or len(out) != len(expected):
-            return Verdict(False, f"{what}: expected {len(expected)} items")
-        for i, (o, e) in enumerate(zip(out, expected)):
-            verdict = _shape_verdict(o, e, f"{what}[{i}]")
-            if not verdict.passed:
-                return verdict
-        return Verdict(True)
-    return Verdict(True)
 
 
 def _finite_losses(losses, keys: list[str]) -> Verdict:
@@ -518,7 +490,7 @@ def judge_case(case: dict | SanityCase, value: dict, expected) -> Verdict:
     kind = compare["kind"]
     try:
         if kind == "shapes":
-            return _shape_verdict(value.get("outputs", value.get("output")), expected, "output")
+            return shape_verdict(value.get("outputs", value.get("output")), expected, "output")
         if kind == "finite_losses":
             return _finite_losses(value["outputs"][0], compare["keys"])
         if kind == "losses":
@@ -593,84 +565,6 @@ def _rows_permuted(out, ref) -> bool:
     return found and sorted(match.tolist()) == list(range(len(r))) and match.tolist() != list(range(len(r)))
 
 
-def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, far_corner=torch.minimum,
-                near_corner=torch.maximum, keep_le: bool = False) -> list[int]:
-    """Greedy NMS with one piece of the IoU swapped, in float64 (to recognise a mistake)."""
-    boxes = boxes.double()
-    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-    order = torch.sort(scores.double(), descending=True, stable=True).indices
-    keep = []
-    while len(order):
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        top_left = near_corner(boxes[rest, :2], boxes[i, :2])
-        bottom_right = far_corner(boxes[rest, 2:], boxes[i, 2:])
-        inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-        overlap = inter / (area[rest] + area[i] - inter)
-        order = rest[overlap <= threshold] if keep_le else rest[~(overlap > threshold)]
-    return keep
-
-
-def diagnose_nms(out, boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> str | None:
-    """Name a wrong intersection when the kept boxes are exactly those it gives."""
-    if not isinstance(out, torch.Tensor) or not isinstance(boxes, torch.Tensor) or boxes.dim() != 2:
-        return None
-    kept = out.reshape(-1).tolist()
-    corner = ("the intersection looks wrong: it is the box from (max x1, max y1) to (min x2, min y2) of the two boxes, "
-              "clamped at 0 width and height")
-    if kept == _greedy_nms(boxes, scores, threshold, far_corner=torch.maximum):
-        return corner + "; you seem to take the max for the bottom-right corner"
-    if kept == _greedy_nms(boxes, scores, threshold, near_corner=torch.minimum):
-        return corner + "; you seem to take the min for the top-left corner"
-    return None
-
-
-def judge_indices(out, ref: torch.Tensor) -> Verdict:
-    """Kept indices of NMS: same boxes, by decreasing score, int64."""
-    if not isinstance(out, torch.Tensor):
-        return Verdict(False, f"expected a tensor of kept indices, got {type(out).__name__}")
-    if out.dtype != torch.int64:
-        return Verdict(False, f"kept indices must be int64 (torch.long), got {out.dtype}")
-    out = out.reshape(-1)
-    if torch.equal(out, ref):
-        return Verdict(True)
-    if set(out.tolist()) == set(ref.tolist()) and len(out) == len(ref):
-        return Verdict(False, "the right boxes are kept but not in order of decreasing score")
-    if len(out) > len(ref):
-        return Verdict(False, f"kept {len(out)} boxes, expected {len(ref)}: too few suppressed "
-                              "(suppress a box when its IoU with a kept, higher-scoring box is > threshold)")
-    return Verdict(False, f"kept {len(out)} boxes, expected {len(ref)} (different boxes kept)")
-
-
-def judge_samples(out, ref, matched) -> Verdict:
-    """Foreground/background samples: counts, validity, no duplicates."""
-    if not isinstance(out, (list, tuple)) or len(out) != 2:
-        return Verdict(False, "expected a tuple (fg_idx, bg_idx)")
-    fg, bg = out
-    for name, idx in (("fg_idx", fg), ("bg_idx", bg)):
-        if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64:
-            return Verdict(False, f"{name} must be an int64 tensor of indices")
-    fg_ref, bg_ref = ref
-    if len(fg) != len(fg_ref) or len(bg) != len(bg_ref):
-        return Verdict(False, f"sampled {len(fg)} foreground and {len(bg)} background anchors, "
-                              f"expected {len(fg_ref)} and {len(bg_ref)}")
-    if len(set(fg.tolist())) != len(fg) or len(set(bg.tolist())) != len(bg) or set(fg.tolist()) & set(bg.tolist()):
-        return Verdict(False, "an anchor was drawn twice")
-    if matched is not None:
-        classes = matched[..., 4].reshape(-1)
-        if len(fg) and (fg.min() < 0 or fg.max() >= len(classes)) or len(bg) and (bg.min() < 0 or bg.max() >= len(classes)):
-            return Verdict(False, "indices out of range")
-        if len(fg) and not bool((classes[fg] >= 0).all()):
-            return Verdict(False, "fg_idx contains anchors that are not foreground")
-        if len(bg) and not bool((classes[bg] == -1).all()):
-            bad = classes[bg]
-            if bool((bad == -1e8).any()):
-                return Verdict(False, "bg_idx contains neutral anchors (-1e8 rows must never be sampled)")
-            return Verdict(False, "bg_idx contains anchors that are not background")
-    return Verdict(True)
-
-
 # ---------------------------------------------------------------------------
 # In the student's notebook
 # ---------------------------------------------------------------------------
@@ -733,8 +627,9 @@ def print_results(results: list[CheckResult]) -> None:
         print("  (no sanity cases)")
 
 
-def sanity_checks(assignment: str):
-    """The visible cases as grader checks (expected values from the reference)."""
+def sanity_checks(assignment: str) -> list:
+    """The visible cases as grader checks (expected values from the reference): a list of
+    :class:`grader.checks.Check` (imported here: students' copies of this module have no checks)."""
     from grader.checks import Check, Job
 
     checks = []
@@ -746,3 +641,13 @@ def sanity_checks(assignment: str):
 
         checks.append(Check(case.id, case.function, case.title, True, make))
     return checks
+
+
+@CHECK_SUITES.register("one_stage/visible")
+def one_stage_visible_checks() -> list:
+    return sanity_checks("one_stage")
+
+
+@CHECK_SUITES.register("two_stage/visible")
+def two_stage_visible_checks() -> list:
+    return sanity_checks("two_stage")

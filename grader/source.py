@@ -1,7 +1,7 @@
 """Whole-assignment sources built from :mod:`solutions`: the reference-completed
 submission and the release (stubs), as one module's text each.
 
-Used by the tests, the benchmark and ``python -m grader selftest``: the
+Used by the tests, the benchmark, the notebook builder and the Gradescope bundle: the
 reference-completed submission must score full marks and the release zero.
 The notebook builder (``assignments/``) makes the real notebooks; these
 sources are the same code without the notebook around it.

@@ -1,4 +1,4 @@
-"""Backbone + FPN shapes and FPN location coordinates (ANCHORS 1.2 sanity values).
+"""Backbone + FPN shapes and FPN location coordinates (the original course's sanity values).
 
 Each value check is written as a small ``check_*`` function; the tests run it
 on the reference and also on a deliberately broken variant (transposed
@@ -17,7 +17,7 @@ from solutions.locations import get_fpn_location_coords
 
 SHAPES_224 = {"p3": (2, 64, 28, 28), "p4": (2, 64, 14, 14), "p5": (2, 64, 7, 7)}
 
-#: ANCHORS 1.2: the correct (x fastest) first five locations of each level.
+#: The original course's sanity values: the correct (x fastest) first five locations of each level.
 FIRST_FIVE = {
     "p3": [[4.0, 4.0], [12.0, 4.0], [20.0, 4.0], [28.0, 4.0], [36.0, 4.0]],
     "p4": [[8.0, 8.0], [24.0, 8.0], [40.0, 8.0], [56.0, 8.0], [72.0, 8.0]],

@@ -35,7 +35,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr
 #: One function per notebook, written the way a student would (the course's
 #: own style), and what its sanity check must print.
 STUDENT_CODE = {
-    "one_stage": ("get_fpn_location_coords", '''def get_fpn_location_coords(shape_per_fpn_level, strides_per_fpn_level, dtype=torch.float32, device="cpu"):
+    "one_stage": ("get_fpn_location_coords", "def get_fpn_location_coords(shape_per_fpn_level, strides_per_fpn_level, "
+                  '''dtype=torch.float32, device="cpu"):
     location_coords = {}
     for level_name, feat_shape in shape_per_fpn_level.items():
         level_stride = strides_per_fpn_level[level_name]
@@ -60,7 +61,7 @@ STUDENT_CODE = {
 
 def _skip_reason() -> str | None:
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401  (only whether it imports matters)
     except ImportError:
         return "Playwright for Python is not installed (pip install playwright; it is in the dev extras)"
     if not Path(CHROMIUM).is_file():

@@ -24,8 +24,8 @@ import pytest
 
 from data_utils import download
 from data_utils.download import (
-    TRAINVAL_FILENAME,
     TEST_FILENAME,
+    TRAINVAL_FILENAME,
     VocArchive,
     ensure_voc2007,
     extraction_marker,
@@ -151,10 +151,10 @@ class Mirror:
 class _Handler(BaseHTTPRequestHandler):
     server: ThreadingHTTPServer
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence the log
+    def log_message(self, format: str, *args: object) -> None:  # silence the log (the stdlib's parameter name)
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:  # the stdlib's name
         mirror: Mirror = self.server.mirror  # type: ignore[attr-defined]
         seen = Seen(self.path, self.headers.get("Range"))
         with mirror.lock:

@@ -23,15 +23,16 @@ import pytest
 import torch
 
 from grader import _child
-from grader.checks import registry
 from grader.compare import check_not_mutated, rel_error, tree_close
 from grader.functions import CLASSES, DEPENDENCIES, REFERENCE_MODULES, STUDENT_FUNCTIONS
-from grader.notebook import SubmissionError, extract_submission, relabel_lines
+from grader.notebook import SubmissionError, extract_submission
 from grader.report import csv_text, gradescope_results, markdown_feedback
 from grader.results import CheckResult, GradeReport
 from grader.rubric import load_rubric
 from grader.sanity import FIXTURE_DIR, export_sanity_fixtures, load_fixtures, run_sanity
 from grader.source import SOLUTIONS, reference_source, release_source
+from grader.submission_text import relabel_lines
+from grader.suites import registry
 from tests.grader_zoo.zoo import notebook_from_source, patch, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def _case(data, case_id):
 
 
 def test_sanity_fixtures_hold_the_course_values(tmp_path):
-    """ANCHORS 1.2: the values the course printed (with the transposition bug fixed)."""
+    """The values the original course printed (with the transposition bug fixed)."""
     one = load_fixtures("one_stage", export_sanity_fixtures("one_stage", tmp_path / "one.pt"))
     first = _case(one, "get_fpn_location_coords/sanity_first_five")["expected"]["output"]
     assert first["p3"][:5].tolist() == [[4, 4], [12, 4], [20, 4], [28, 4], [36, 4]]

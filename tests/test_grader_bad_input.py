@@ -15,8 +15,8 @@ import zipfile
 import nbformat
 import pytest
 
-from grader.grade import grade_path, grade_source
-from grader.notebook import SubmissionError, extract_submission
+from grader.grade import grade_source
+from grader.notebook import SubmissionError, extract_submission, grade_path
 from grader.rubric import load_rubric
 from grader.source import reference_source
 from tests.grader_zoo.zoo import notebook_from_source, write_notebook

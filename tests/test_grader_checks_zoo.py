@@ -18,7 +18,7 @@ from tests.test_grader_zoo import FAST, check_entry, grade_entry, sandbox  # noq
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", checks_submissions(), ids=lambda e: e.name)
-def test_checks_zoo(entry, sandbox, tmp_path):  # noqa: F811
+def test_checks_zoo(entry, sandbox, tmp_path):  # noqa: F811  (pytest passes the imported fixture by name)
     report = grade_entry(entry, tmp_path, sandbox)
     check_entry(entry, report)
     if entry.expect:
@@ -31,17 +31,18 @@ def test_checks_zoo(entry, sandbox, tmp_path):  # noqa: F811
             assert points <= entry.max_points, (entry.name, points)
 
 
-def test_nms_diagnosis_simulation_is_greedy_nms():
+def test_nms_diagnosis_simulation_isgreedy_nms():
     """The grader's simulated NMS (for diagnoses) equals the reference and torchvision when nothing is swapped."""
     from grader.checks import gen, rand_boxes
-    from grader.checks_one_stage import _greedy_nms
+    from grader.judges import greedy_nms
     from solutions import nms
 
     g = gen(3)
     boxes, scores = rand_boxes(g, 300, max_frac=0.3), torch.rand(300, generator=g)
-    assert _greedy_nms(boxes, scores, 0.5) == nms(boxes, scores, 0.5).tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist()
+    assert greedy_nms(boxes, scores, 0.5) == nms(boxes, scores, 0.5).tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist()
     points = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10]])
-    assert nms(points, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == torchvision.ops.nms(points, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 1, 2]
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(points, scores, 0.5).tolist() == torchvision.ops.nms(points, scores, 0.5).tolist() == [0, 1, 2]
 
 
 def test_match_variant_simulation_is_the_reference_without_variants():

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader import _child
+from grader import _child, suites
 from grader import checks as checks_module
 from grader.compare import compare_tensor, hidden_feedback, redact_hidden
 from grader.forbidden import FORBIDDEN, forbidden_names, forbidden_uses, rule
@@ -73,7 +73,7 @@ def test_reference_call_graph_covers_the_calls_the_reference_makes(assignment):
             continue
         called: set[str] = set()
 
-        def profile(frame, event, arg):
+        def profile(frame, event, arg, called=called):  # bound now: B023
             if event == "call" and frame.f_code in codes:
                 called.add(codes[frame.f_code])
 
@@ -98,7 +98,7 @@ def test_reference_call_graph_covers_the_calls_the_reference_makes(assignment):
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_function_has_a_main_check_and_every_other_check_is_gated(assignment):
     rubric = load_rubric()
-    registry = checks_module.registry(assignment)
+    registry = suites.registry(assignment)
     assert set(rubric[assignment]["gates"]) == set(STUDENT_FUNCTIONS[assignment])
     for function in STUDENT_FUNCTIONS[assignment]:
         gate = gate_for(rubric, assignment, function)
@@ -234,8 +234,8 @@ def test_the_reference_uses_nothing_forbidden(assignment):
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from tests.test_grader_zoo import FAST
     from grader.sandbox import Sandbox
+    from tests.test_grader_zoo import FAST
 
     with Sandbox(limits=FAST["limits"]["check"]) as sb:
         yield sb

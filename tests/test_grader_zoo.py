@@ -12,7 +12,8 @@ import copy
 
 import pytest
 
-from grader.grade import grade_path, grade_source
+from grader.grade import grade_source
+from grader.notebook import grade_path
 from grader.rubric import load_rubric
 from grader.sandbox import Sandbox, probe_bwrap
 from tests.grader_zoo.zoo import Entry, bad_submissions, bug_submissions

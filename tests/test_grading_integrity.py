@@ -10,7 +10,6 @@ code, and loud infrastructure failures on every entry point.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys

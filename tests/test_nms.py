@@ -155,10 +155,14 @@ def test_nms_checks_reject_broken_variants():
     boxes, scores = random_boxes(400, seed=7), random_scores(400, seed=7, levels=4)
     check_nms_matches_torchvision(loop_nms, boxes, scores)  # the loop itself is right
     for flag in ("ties_suppress", "later_index_first"):
-        broken = lambda b, s, t, flag=flag: loop_nms(b, s, t, **{flag: flag != "ties_suppress"})
+        def broken(b, s, t, flag=flag):
+            return loop_nms(b, s, t, **{flag: flag != "ties_suppress"})
+
         with pytest.raises(AssertionError):
             check_nms_matches_torchvision(broken, boxes, scores)
-    at_threshold = lambda b, s, t: loop_nms(b, s, t, at_threshold=True)
+    def at_threshold(b, s, t):
+        return loop_nms(b, s, t, at_threshold=True)
+
     with pytest.raises(AssertionError):
         check_nms_matches_torchvision(at_threshold, torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5]]),
                                       torch.tensor([0.9, 0.8]), (0.5,))

@@ -25,10 +25,10 @@ import matplotlib
 import pytest
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from assignments import build  # noqa: E402
-from assignments.spec import ASSIGNMENTS  # noqa: E402
+from assignments import build
+from assignments.spec import ASSIGNMENTS
 
 #: Seconds the cpu-profile overfit cell took with the reference on the shared
 #: 2-core machine (one thread, machine otherwise quiet): FCOS 77 s, Faster

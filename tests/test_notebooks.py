@@ -24,6 +24,7 @@ from assignments.course_tools import submission_problems
 from assignments.feedback import StripHiddenTests
 from assignments.spec import ASSIGNMENTS, COURSE_DIR, check_against_grader
 from assignments.student_package import STUDENT_GRADER_MODULES, build_wheel, wheel_problems
+from grader.markers import strip_hidden_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_notebook_metadata_is_valid_for_jupyterlab_and_nbgrader(built, name):
     grade_ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
     assert len(grade_ids) == len(set(grade_ids))
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
-    first = nb.cells[0]
+    first = next(c for c in nb.cells if c.cell_type == "code")
     assert first.cell_type == "code" and "google.colab" in first.source and "pip" in first.source
 
 
@@ -97,7 +98,7 @@ def test_no_code_students_see_mentions_solutions(built, name):
     for cell in built[name].cells:
         if cell.cell_type != "code":
             continue
-        visible = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", cell.source, flags=re.S)
+        visible = strip_hidden_tests(cell.source)
         assert not re.search(r"\bsolutions\b", visible), cell.id
 
 
@@ -193,7 +194,8 @@ def test_students_can_install_and_run_the_visible_checks_without_the_reference(w
     fixture = ASSIGNMENTS["one_stage"].source_dir / "one_stage_sanity.pt"
     script = f"""
 import sys
-sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [p for p in sys.path if p.endswith(".zip") or "lib/python3" in p and "site-packages" not in p]
+sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [
+    p for p in sys.path if p.endswith(".zip") or "lib/python3" in p and "site-packages" not in p]
 import importlib.util
 assert importlib.util.find_spec("solutions") is None, "solutions is importable"
 assert importlib.util.find_spec("grader.checks") is None, "hidden checks are importable"
@@ -221,7 +223,7 @@ print("RESULT", all(r.passed for r in good), any(not r.passed for r in bad), sor
 
 
 def test_release_folders_ship_the_fixtures_the_checks_need():
-    for name, spec in ASSIGNMENTS.items():
+    for spec in ASSIGNMENTS.values():
         for fixture in build.fixture_assignments(spec):
             assert (spec.source_dir / build.fixture_name(fixture)).is_file()
         assert (spec.source_dir / "course_tools.py").read_text() == (ROOT / "assignments/course_tools.py").read_text()

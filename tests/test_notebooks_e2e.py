@@ -185,7 +185,7 @@ def test_release_notebooks_open_in_jupyterlab_4(round_trip):
                 break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError("jupyter lab did not start")
+                    raise AssertionError("jupyter lab did not start") from None
                 time.sleep(0.5)
         lab = urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10).read().decode()
         assert "JupyterLab" in lab or "jupyter-config-data" in lab

@@ -1,6 +1,6 @@
 """FCOS (assignment 1): head, targets, losses and inference.
 
-Sanity values from ANCHORS 1.2, an independent per-location Python oracle for
+Sanity values the original course printed, an independent per-location Python oracle for
 the matching, property tests (dtype, no mutation, empty input, batching,
 non-square images) and broken variants that every check must reject.
 All models use ``weights=None`` (no download) and small sizes.
@@ -28,7 +28,7 @@ from solutions.locations import get_fpn_location_coords
 
 LEVEL_RANGES = {"p3": (0.0, 64.0), "p4": (64.0, 128.0), "p5": (128.0, math.inf)}
 
-# ANCHORS 1.2 delta / centerness sanity inputs.
+# The original course's delta / centerness sanity inputs.
 SANITY_BOXES = torch.tensor([[10.0, 15, 100, 115, 1], [30, 20, 40, 30, 1], [120, 100, 200, 200, 1]])
 SANITY_LOCATIONS = torch.tensor([[30.0, 40], [32, 29], [125, 150]])
 
@@ -428,7 +428,7 @@ def test_fcos_loss_at_init_matches_its_analytic_value(model):
     loss_ctr ~ P * log 2 / (norm * B)      loss_box ~ 0.25 * sum |target deltas| / (norm * B)
 
     with P the positives of the batch.  (For the course's overfit batch this
-    gives the reference 0.698 / 0.43 of ANCHORS 1.3 with P/B ~ 88.)
+    gives the reference 0.698 / 0.43 the original course printed at iteration 0, with P/B ~ 88.)
     Mean instead of sum, a missing normalizer or losses on background
     locations all miss these values by far more than the tolerance.
     """
@@ -522,8 +522,8 @@ def reference_postprocess(model: FCOS, images, score_thresh, nms_thresh) -> list
                 probs = (torch.sigmoid(cls[level][b, i]) * torch.sigmoid(ctr[level][b, i])).sqrt()
                 score, c = probs.max(0)
                 if score > score_thresh:
-                    l, t, r, btm = (box[level][b, i].clamp(min=0) * stride).tolist()
-                    all_boxes.append([min(max(xc - l, 0), width), min(max(yc - t, 0), height),
+                    left, t, r, btm = (box[level][b, i].clamp(min=0) * stride).tolist()
+                    all_boxes.append([min(max(xc - left, 0), width), min(max(yc - t, 0), height),
                                       min(max(xc + r, 0), width), min(max(yc + btm, 0), height)])
                     all_scores.append(score)
                     all_classes.append(c)

@@ -190,7 +190,7 @@ def test_written_files_match_renderer(small_voc: Path) -> None:
         # JPEG (quality 90, 4:2:0) loses pixel noise and chroma detail: compare 8x8 block means
         h, w = (decoded.shape[0] // 8) * 8, (decoded.shape[1] // 8) * 8
 
-        def blocks(x: np.ndarray) -> np.ndarray:
+        def blocks(x: np.ndarray, h: int = h, w: int = w) -> np.ndarray:
             return x[:h, :w].reshape(h // 8, 8, w // 8, 8, 3).mean(axis=(1, 3))
 
         assert np.abs(blocks(decoded) - blocks(drawn)).mean() < 2.0

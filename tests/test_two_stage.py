@@ -495,7 +495,10 @@ def test_rpn_proposals_come_from_the_right_anchors():
     deltas["p3"][1, 100] = torch.tensor([0.5, 0.0, 0.0, 0.0])
     rpn.pred_net = ScriptedHead(logits, deltas)
     proposals = rpn(feats, STRIDES, image_size=(64, 64))["proposals"]
-    clip = lambda b: torch.minimum(b.clamp(min=0), torch.tensor(64.0))  # noqa: E731
+
+    def clip(b: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(b.clamp(min=0), torch.tensor(64.0))
+
     assert_close(proposals[0][0], clip(anchors["p4"][13]))
     shifted = anchors["p3"][100] + torch.tensor([32.0, 0, 32, 0])
     assert_close(proposals[1][0], clip(shifted))

@@ -118,8 +118,8 @@ def test_grader_keeps_its_visible_checks_and_their_weights(assignment):
     """The fixed-loss cases are notebook-only (a hidden check grades the same
     computation): the grader's visible checks, and so every score, are unchanged,
     and each of them still has a rubric weight."""
-    from grader.checks import registry
     from grader.rubric import load_rubric, weight_for
+    from grader.suites import registry
 
     visible = {c.id for c in registry(assignment) if c.visible}
     cases = sanity_cases(assignment)

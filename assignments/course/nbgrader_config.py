@@ -37,15 +37,24 @@ if str(ROOT) not in sys.path:
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                          if p and p != str(ROOT)])
 
-from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
-    OverwriteKernelspec, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from nbgrader.preprocessors import (  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 
-from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402
-from assignments.feedback import StripHiddenTests  # noqa: E402
+from assignments.autograde import GradeWithGrader, QuietOverwriteCells  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from assignments.feedback import StripHiddenTests  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
+from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS  # noqa: E402  (sys.path and PYTHONPATH must name this repository first)
 
-c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
+c = get_config()  # noqa: F821  (traitlets defines get_config when it loads this file)
 
 c.CourseDirectory.root = str(HERE)
 c.CourseDirectory.course_id = "detection-course"
@@ -68,6 +77,8 @@ c.Execute.interrupt_on_timeout = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.enforce_metadata = True
 c.ClearHiddenTests.enforce_metadata = True
+c.ClearHiddenTests.begin_test_delimeter = BEGIN_HIDDEN_WORDS  # one definition: grader/markers.py
+c.ClearHiddenTests.end_test_delimeter = END_HIDDEN_WORDS
 c.GenerateAssignment.create_assignment = True
 
 # Autograde: the points come from `python -m grader grade`, run on the
@@ -92,6 +103,6 @@ c.GenerateFeedback.preprocessors = [GetGrades, StripHiddenTests, CSSHTMLHeaderPr
 # A release needs the student package next to each notebook; git ignores the
 # wheel, so generating an assignment builds it (or stops, naming the command).
 if any(arg in ("generate_assignment", "assign") for arg in sys.argv[1:]):
-    from assignments.build import ensure_release_files_or_exit  # noqa: E402
+    from assignments.build import ensure_release_files_or_exit
 
     ensure_release_files_or_exit(HERE / "source")

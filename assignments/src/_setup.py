@@ -50,7 +50,7 @@ if importlib.util.find_spec("data_utils") is None:
     raise SetupError("The course package is not installed: pip install detection_course_student-*.whl jupyterlab "
                      "(the .whl is in the assignment folder), then restart the kernel.")
 
-import torch
+import torch  # noqa: E402  (after the checks above: their advice beats an ImportError)
 
 if torch.cuda.is_available():
     print(f"GPU: {torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}")

@@ -122,7 +122,6 @@ def notebook_from_source(source: str, assignment: str, *, metadata: bool = True,
     lines = source.splitlines()
     cells = [nbformat.v4.new_code_cell("import math\nimport torch\nfrom torch import nn\n%matplotlib inline")]
     cells[0].metadata["nbgrader"] = {"grade": False, "solution": False, "locked": True, "grade_id": "imports", "schema_version": 3}
-    previous = 0
     for node in tree.body:
         start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
         text = "\n".join(lines[start:node.end_lineno])
@@ -133,14 +132,13 @@ def notebook_from_source(source: str, assignment: str, *, metadata: bool = True,
         cells.append(cell)
         name = getattr(node, "name", None)
         if test_cells and name in STUDENT_FUNCTIONS[assignment]:
-            body = (f'print("all tests passed")' if edit_tests else
+            body = ('print("all tests passed")' if edit_tests else
                     f'from grader.notebook import grade_cell\ngrade_cell("{assignment}", "{name}", globals())')
             test = nbformat.v4.new_code_cell(body)
             if metadata:
                 test.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
                                              "grade_id": f"test-{name}", "schema_version": 3}
             cells.append(test)
-        previous = node.end_lineno
     cells.append(nbformat.v4.new_code_cell("model = FCOS(20, 64, [64, 64])\nprint('training...')\nfor i in range(10**9):\n    pass"))
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -245,7 +243,8 @@ def bad_submissions(write_target: Path | None = None) -> list[Entry]:
         Entry("wrong_return_type", ONE, lambda: patch(ref, "nms", "    return keep", "    return keep.tolist()"),
               "nms", "nms/sanity_05", ("expected a tensor",), honest="get_fpn_location_coords"),
         Entry("arbitrary_object_returned", ONE,
-              lambda: patch(ref, "nms", "    return keep", "    class Sneaky:\n        def __reduce__(self):\n            return (print, ('pwned',))\n    return Sneaky()"),
+              lambda: patch(ref, "nms", "    return keep",
+                            "    class Sneaky:\n        def __reduce__(self):\n            return (print, ('pwned',))\n    return Sneaky()"),
               "nms", "nms/sanity_05", ("sneaky",), honest="get_fpn_location_coords"),
         Entry("in_place_mutation", ONE,
               lambda: patch(ref, "fcos_apply_deltas_to_locations", "distances = deltas.clamp(min=0) * stride",
@@ -253,7 +252,8 @@ def bad_submissions(write_target: Path | None = None) -> list[Entry]:
               "fcos_apply_deltas_to_locations", "fcos_apply_deltas_to_locations/no_mutation", ("in place",),
               honest="get_fpn_location_coords"),
         Entry("import_solutions_inside", ONE,
-              lambda: replace_def(ref, "nms", "def nms(boxes, scores, iou_threshold=0.5):\n    from solutions.non_max_suppression import nms as _n\n    return _n(boxes, scores, iou_threshold)\n"),
+              lambda: replace_def(ref, "nms", "def nms(boxes, scores, iou_threshold=0.5):\n"
+                                  "    from solutions.non_max_suppression import nms as _n\n    return _n(boxes, scores, iou_threshold)\n"),
               "nms", None, ("not allowed",), honest="get_fpn_location_coords"),
         Entry("import_solutions_top_level", ONE,
               lambda: remove_def(ref, "nms") + "\nfrom solutions.non_max_suppression import nms\n",
@@ -357,7 +357,8 @@ def bug_submissions() -> list[Entry]:
               lambda: patch(ref, "fcos_match_locations_to_gt", "< upper[", "<= upper["),
               "fcos_match_locations_to_gt", "fcos_match_locations_to_gt/boundaries", (), honest=H1),
         Entry("deltas_xy_swapped", ONE,
-              lambda: patch(ref, "fcos_get_deltas_from_locations", "ltrb = torch.cat([locations - boxes[..., :2], boxes[..., 2:] - locations], dim=-1) / stride",
+              lambda: patch(ref, "fcos_get_deltas_from_locations",
+                            "ltrb = torch.cat([locations - boxes[..., :2], boxes[..., 2:] - locations], dim=-1) / stride",
                             "ltrb = torch.cat([locations - boxes[..., :2], boxes[..., 2:] - locations], dim=-1)[..., [1, 0, 3, 2]] / stride"),
               "fcos_get_deltas_from_locations", "fcos_get_deltas_from_locations/random", ("swapped",), honest=H1),
         Entry("deltas_not_divided_by_stride", ONE,
@@ -396,8 +397,10 @@ def bug_submissions() -> list[Entry]:
               "iou", "iou/random", ("union",), honest="generate_fpn_anchors"),
         Entry("iou_plus_one", TWO,
               lambda: replace_def(ref2, "iou", "def iou(boxes1, boxes2):\n"
-                                  "    w = (torch.minimum(boxes1[:, None, 2], boxes2[None, :, 2]) - torch.maximum(boxes1[:, None, 0], boxes2[None, :, 0]) + 1).clamp(min=0)\n"
-                                  "    h = (torch.minimum(boxes1[:, None, 3], boxes2[None, :, 3]) - torch.maximum(boxes1[:, None, 1], boxes2[None, :, 1]) + 1).clamp(min=0)\n"
+                                  "    w = (torch.minimum(boxes1[:, None, 2], boxes2[None, :, 2]) "
+                                  "- torch.maximum(boxes1[:, None, 0], boxes2[None, :, 0]) + 1).clamp(min=0)\n"
+                                  "    h = (torch.minimum(boxes1[:, None, 3], boxes2[None, :, 3]) "
+                                  "- torch.maximum(boxes1[:, None, 1], boxes2[None, :, 1]) + 1).clamp(min=0)\n"
                                   "    inter = w * h\n"
                                   "    a1 = ((boxes1[:, 2] - boxes1[:, 0] + 1) * (boxes1[:, 3] - boxes1[:, 1] + 1))[:, None]\n"
                                   "    a2 = ((boxes2[:, 2] - boxes2[:, 0] + 1) * (boxes2[:, 3] - boxes2[:, 1] + 1))[None, :]\n"

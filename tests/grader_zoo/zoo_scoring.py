@@ -91,7 +91,8 @@ def forbidden_cases() -> list[ScoringCase]:
                     "nms", ["class_spec_nms"], words),
         ScoringCase("nms_call_in_body", ONE, replace_def(ref, "nms", "def nms(boxes, scores, iou_threshold=0.5):\n"
                                                                     "    import torchvision\n"
-                                                                    "    return torchvision.ops.boxes.batched_nms(boxes, scores, torch.zeros_like(scores).long(), iou_threshold)\n"),
+                                                                    "    return torchvision.ops.boxes.batched_nms("
+                                                                    "boxes, scores, torch.zeros_like(scores).long(), iou_threshold)\n"),
                     "nms", ["class_spec_nms"], words),
         # Invisible to a static reading (the name is computed): the sandbox makes the call raise.
         ScoringCase("nms_globals_trick", ONE, replace_def(ref, "nms", "def nms(boxes, scores, iou_threshold=0.5):\n"

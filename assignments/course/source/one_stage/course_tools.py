@@ -178,6 +178,7 @@ def train(model, loader, config, *, device=None, checkpoint=None, model_config=N
     import dataclasses
 
     import torch
+
     from data_utils.engine import train_detector
 
     resume = False
@@ -188,7 +189,7 @@ def train(model, loader, config, *, device=None, checkpoint=None, model_config=N
         if checkpoint.is_file():
             try:
                 saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-            except Exception:  # unreadable (truncated) file: start over
+            except Exception:  # noqa: BLE001 - unreadable (truncated) file: start over
                 saved = {}
             same = saved.get("train_config") == dataclasses.asdict(config) and \
                 saved.get("model_config") == dict(model_config or {})

@@ -1,0 +1,194 @@
+"""The project's own modules import each other without cycles or private names.
+
+Every ``import`` of the packages below is collected with :mod:`ast` -- at
+module level and inside functions, relative ones resolved -- into a module
+graph.  A cycle held together only by imports inside functions still is a
+cycle: it means two modules cannot be read (or tested) one without the other.
+A module that imports another module's ``_private`` name depends on what that
+module promised to keep free to change.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("grader", "data_utils", "solutions", "assignments")
+
+#: ``(importer, "module._name")`` pairs allowed to cross a privacy boundary, with why.
+PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
+    ("data_utils.inference", "data_utils.engine._autocast_dtype"):
+        "data_utils/engine.py is being reworked (issue 15, folders step); it makes autocast_dtype public there",
+}
+
+
+def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` of ``packages`` under ``root``.
+
+    Generated copies under ``assignments/course/`` (nbgrader's folders) are not modules of the package."""
+    out: dict[str, Path] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if "course" in parts[1:-1] or not all(p.isidentifier() for p in parts):
+                continue
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def _resolve(importer: str, is_package: bool, level: int, module: str | None) -> str:
+    """The absolute module an ``ImportFrom`` of ``level`` dots names, seen from ``importer``."""
+    if level == 0:
+        return module or ""
+    base = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> list[tuple[str, str | None, int]]:
+    """``(module, imported name or None, line)`` for every import in ``path`` (functions included).
+
+    ``from a import b`` where ``a.b`` is itself a module counts as an import of ``a.b``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: list[tuple[str, str | None, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(name, is_package, node.level, node.module)
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.append((sub, None, node.lineno) if sub in modules else (target, alias.name, node.lineno))
+    return found
+
+
+def _owner(module: str, modules: set[str]) -> str | None:
+    """The project module ``module`` names (``a.b.c`` -> ``a.b`` when only that one exists), else None."""
+    while module and module not in modules:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def import_graph(files: dict[str, Path]) -> dict[str, dict[str, int]]:
+    """importer -> {imported project module: first line}; a package's own ``__init__`` counts like any module."""
+    modules = set(files)
+    graph: dict[str, dict[str, int]] = {name: {} for name in files}
+    for name, path in files.items():
+        for target, _, line in imports_of(name, path, modules):
+            owner = _owner(target, modules)
+            if owner is not None and owner != name:
+                graph[name].setdefault(owner, line)
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or None (iterative depth-first search)."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(graph, WHITE)
+    for start in sorted(graph):
+        if colour[start] != WHITE:
+            continue
+        stack = [(start, iter(sorted(graph[start])))]
+        path = [start]
+        colour[start] = GREY
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                colour[node] = BLACK
+                stack.pop()
+                path.pop()
+            elif colour.get(child, BLACK) == GREY:
+                return path[path.index(child):] + [child]
+            elif colour.get(child) == WHITE:
+                colour[child] = GREY
+                stack.append((child, iter(sorted(graph[child]))))
+                path.append(child)
+    return None
+
+
+def tangles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle per strongly connected group of modules (every group of mutually dependent
+    modules shows up, not only the first cycle found)."""
+    reach = {node: set() for node in graph}
+    for node in graph:  # reachability by depth-first search: the graph has ~120 nodes
+        todo = list(graph[node])
+        while todo:
+            child = todo.pop()
+            if child in graph and child not in reach[node]:
+                reach[node].add(child)
+                todo.extend(graph[child])
+    groups, seen = [], set()
+    for node in sorted(graph):
+        if node in seen or node not in reach[node]:
+            continue
+        group = {node} | {other for other in reach[node] if node in reach[other]}
+        seen |= group
+        sub = {a: {b: line for b, line in graph[a].items() if b in group} for a in group}
+        groups.append(find_cycle(sub))
+    return groups
+
+
+def private_imports(files: dict[str, Path]) -> list[tuple[str, str, int]]:
+    """``(importer, "module._name", line)`` for every import of another module's ``_private`` name."""
+    modules = set(files)
+    out = []
+    for name, path in files.items():
+        for target, imported, line in imports_of(name, path, modules):
+            owner = _owner(target, modules)
+            if owner is None or owner == name:
+                continue
+            private_module = next((p for p in target.split(".") if p.startswith("_") and not p.startswith("__")), None)
+            # Importing a private module is fine inside its own package (grader._child from grader.sandbox).
+            if private_module and target.split(".")[0] != name.split(".")[0]:
+                out.append((name, target, line))
+            if imported and imported.startswith("_") and not imported.startswith("__"):
+                out.append((name, f"{target}.{imported}", line))
+    return out
+
+
+def _describe(cycle: list[str], graph: dict[str, dict[str, int]], files: dict[str, Path]) -> str:
+    steps = [f"  {a} imports {b} ({files[a].relative_to(ROOT)}:{graph[a][b]})" for a, b in zip(cycle, cycle[1:])]
+    return "import cycle: " + " -> ".join(cycle) + "\n" + "\n".join(steps)
+
+
+def test_the_project_has_no_import_cycle():
+    files = module_files()
+    assert {"grader.grade", "data_utils.voc", "solutions.fcos", "assignments.build"} <= set(files)
+    graph = import_graph(files)
+    found = tangles(graph)
+    assert not found, "\n".join(_describe(cycle, graph, files) for cycle in found)
+
+
+def test_no_module_imports_another_modules_private_name():
+    found = [(importer, target, line) for importer, target, line in private_imports(module_files())
+             if (importer, target) not in PRIVATE_IMPORTS_ALLOWED]
+    assert not found, "imports of private names (make them public, or move them to a shared module):\n" + "\n".join(
+        f"  {importer}:{line} imports {target}" for importer, target, line in found)
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_the_cycle_check_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "from . import b\n",
+                      "pkg/b.py": "def f():\n    from .c import g\n    return g\n",
+                      "pkg/c.py": "def g():\n    import pkg.a\n"})
+    files = module_files(tmp_path, ("pkg",))
+    assert find_cycle(import_graph(files)) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    assert tangles(import_graph(files)) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+    (tmp_path / "pkg/c.py").write_text("def g():\n    import os\n")
+    assert find_cycle(import_graph(module_files(tmp_path, ("pkg",)))) is None
+    assert tangles(import_graph(module_files(tmp_path, ("pkg",)))) == []
+
+
+def test_the_privacy_check_sees_private_names(tmp_path):
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "_x = 1\ny = 2\n",
+                      "pkg/b.py": "from pkg.a import y\ndef f():\n    from .a import _x\n"})
+    assert private_imports(module_files(tmp_path, ("pkg",))) == [("pkg.b", "pkg.a._x", 3)]
