@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_utils.atomic import atomic_torch_save
 from data_utils.voc import to_network_input
 
 Batch = tuple[list[str], torch.Tensor, torch.Tensor]
@@ -101,7 +102,8 @@ def _forever(loader: Iterable[Batch]) -> Iterator[Batch]:
             raise ValueError("the training loader yielded no batch (dataset smaller than one batch with drop_last?)")
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: bf16 on CUDA where supported, else fp16; None off CUDA."""
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -130,10 +132,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, optimizer: tor
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
@@ -196,7 +195,7 @@ def train_detector(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
-    amp_dtype = _autocast_dtype(device) if config.amp else None
+    amp_dtype = autocast_dtype(device) if config.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     state = TrainState()
 

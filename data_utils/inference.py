@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_torch_save
 from data_utils.conventions import Detections
-from data_utils.engine import _autocast_dtype, autocast
+from data_utils.engine import autocast, autocast_dtype
 from data_utils.loaders import build_loader
 from data_utils.voc import to_network_input
 
@@ -42,7 +42,7 @@ def predict_dataset(
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     loader = build_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
     results: list[Detections | None] = [None] * len(dataset)
-    amp_dtype = _autocast_dtype(device) if amp else None
+    amp_dtype = autocast_dtype(device) if amp else None
     for image_ids, images, _ in tqdm(loader, desc="inference", disable=not progress, unit="batch"):
         with autocast(device, amp_dtype):
             outputs = model.inference(to_network_input(images, device), score_thresh=score_thresh,

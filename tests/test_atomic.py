@@ -45,7 +45,6 @@ OWN_REPLACE = {
     "data_utils/atomic.py": "the recipe itself",
     "data_utils/download.py": "moves downloaded parts (kept between runs to resume) and extracted folders into place",
     "data_utils/synthetic.py": "swaps a whole generated dataset folder",
-    "data_utils/engine.py": "checkpoints; being reworked elsewhere (issue 15), to use atomic_torch_save",
 }
 
 

@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("grader", "data_utils", "solutions", "assignments")
 
 #: ``(importer, "module._name")`` pairs allowed to cross a privacy boundary, with why.
-PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
-    ("data_utils.inference", "data_utils.engine._autocast_dtype"):
-        "data_utils/engine.py is being reworked (issue 15, folders step); it makes autocast_dtype public there",
-}
+PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
