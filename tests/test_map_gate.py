@@ -68,6 +68,9 @@ def test_schedules_per_dataset():
     for assignment in ("one_stage", "two_stage"):
         for schedule in (select_schedule(load_rubric()[assignment]["map"], d, None)[1] for d in ("voc", "embedded")):
             assert 0 < schedule["reference_map"] - schedule["margin"] < schedule["reference_map"]
+        assignment_gate = load_rubric()[assignment]["map"]
+        ci = select_schedule(assignment_gate, "embedded", assignment_gate["schedules"]["ci"]["retrain"]["max_iters"])
+        assert ci[0] == "ci" and 0 < ci[1]["reference_map"] - ci[1]["margin"] < ci[1]["reference_map"]
 
 
 def test_weights_are_found_in_the_submission_but_never_through_a_symlink(tmp_path):
@@ -140,11 +143,16 @@ NO_CLASS_GRADIENT = ("loss_cls = sigmoid_focal_loss(class_logits.float(), gt_cla
                      "loss_cls = sigmoid_focal_loss(class_logits.float().detach(), gt_classes")
 
 
-def _retrain_ci(source: str):
+#: The two-stage counterpart: the ROI head's class logits get no gradient (the RPN still learns).
+NO_ROI_CLASS_GRADIENT = ("loss_cls = F.cross_entropy(logits, targets",
+                         "loss_cls = F.cross_entropy(logits.detach(), targets")
+
+
+def _retrain_ci(source: str, assignment: str = "one_stage"):
     from grader.grade import grade_source
 
-    iters = load_rubric()["one_stage"]["map"]["schedules"]["ci"]["retrain"]["max_iters"]
-    report = grade_source(source, "one_stage", functions=[], include_overfit=False, retrain=True, device="cpu",
+    iters = load_rubric()[assignment]["map"]["schedules"]["ci"]["retrain"]["max_iters"]
+    report = grade_source(source, assignment, functions=[], include_overfit=False, retrain=True, device="cpu",
                           retrain_iters=iters)
     return next(c for c in report.checks if c.kind == "map"), iters
 
@@ -163,6 +171,22 @@ def test_cpu_retrain_with_the_ci_schedule_fails_a_broken_detector():
     source = reference_source("one_stage")
     assert NO_CLASS_GRADIENT[0] in source
     result, _ = _retrain_ci(source.replace(*NO_CLASS_GRADIENT))
+    assert result.status == "failed" and result.points == 0, result.message
+
+
+@pytest.mark.slow
+def test_two_stage_cpu_retrain_with_the_ci_schedule_passes_the_reference():
+    """The same gate for Faster R-CNN: [two_stage.map.schedules.ci], measured from the reference."""
+    result, iters = _retrain_ci(reference_source("two_stage"), "two_stage")
+    assert result.status == "passed" and result.points == 10, result.message
+    assert "ci schedule" in result.title and f"retrained {iters} iterations on cpu" in result.message
+
+
+@pytest.mark.slow
+def test_two_stage_cpu_retrain_with_the_ci_schedule_fails_a_broken_detector():
+    source = reference_source("two_stage")
+    assert NO_ROI_CLASS_GRADIENT[0] in source
+    result, _ = _retrain_ci(source.replace(*NO_ROI_CLASS_GRADIENT), "two_stage")
     assert result.status == "failed" and result.points == 0, result.message
 
 
