@@ -199,10 +199,11 @@ def check_retrain_memory(train_set, train_limits: dict) -> None:
     memory limit cannot hold the train split's uint8 images (kept in memory, no file) plus
     :data:`RETRAIN_HEADROOM_MB`: every submission would fail there, so no score may be recorded."""
     from data_utils.cache import cache_bytes
+    from grader.sandbox import DEFAULT_LIMITS
 
     cache_mb = -(-cache_bytes(train_set) // (1 << 20))
     need_mb = cache_mb + RETRAIN_HEADROOM_MB
-    limit_mb = int(train_limits.get("memory_mb", 0))
+    limit_mb = int(train_limits.get("memory_mb", DEFAULT_LIMITS["memory_mb"]))  # the sandbox's default
     if limit_mb < need_mb:
         from grader.grade import GraderInfrastructureError
 
