@@ -759,13 +759,12 @@ def proc_train(ns, spec, devices):
 
         reinit_head_stems(model)
     dataset = VOCDetection(spec["voc_dir"], spec.get("split", "train"), train=True)
-    # The uint8 cache file goes to the sandbox's scratch folder (the dataset is read-only).
-    from pathlib import Path
-
     from data_utils.cache import CachedVOC
 
+    # The uint8 images stay in memory, never in a file: the scratch folder is a small tmpfs
+    # (VOC's train split is ~0.4 GB, and a file there would hold a second copy in memory).
     # Decoded in this process: worker processes need shared-memory semaphores the sandbox refuses.
-    cached = CachedVOC(dataset, cache_path=Path.cwd() / "train_cache.pt", device=device, progress=False, num_workers=0)
+    cached = CachedVOC(dataset, device=device, progress=False, num_workers=0, in_memory=True)
     loader = build_loader(cached, int(spec["batch_size"]), seed=seed, uint8=True)
     config = TrainConfig(**spec["train_config"])
     start = time.perf_counter()

@@ -189,6 +189,30 @@ def predict_in_sandbox(sandbox, source: str, assignment: str, settings: dict, st
     return detections
 
 
+#: Memory a retraining run needs besides its image cache (the model, a batch's activations,
+#: torch's allocator): a margin, not a measured peak.
+RETRAIN_HEADROOM_MB = 2048
+
+
+def check_retrain_memory(train_set, train_limits: dict) -> None:
+    """Raise :class:`grader.grade.GraderInfrastructureError` when the retraining sandbox's
+    memory limit cannot hold the train split's uint8 images (kept in memory, no file) plus
+    :data:`RETRAIN_HEADROOM_MB`: every submission would fail there, so no score may be recorded."""
+    from data_utils.cache import cache_bytes
+    from grader.sandbox import DEFAULT_LIMITS
+
+    cache_mb = -(-cache_bytes(train_set) // (1 << 20))
+    need_mb = cache_mb + RETRAIN_HEADROOM_MB
+    limit_mb = int(train_limits.get("memory_mb", DEFAULT_LIMITS["memory_mb"]))  # the sandbox's default
+    if limit_mb < need_mb:
+        from grader.grade import GraderInfrastructureError
+
+        raise GraderInfrastructureError(
+            f"retraining needs ~{need_mb} MiB ({len(train_set)} train images of {train_set.image_size}px cached as uint8: "
+            f"{cache_mb} MiB, + {RETRAIN_HEADROOM_MB} MiB for the model) but the retraining sandbox "
+            f"may use {limit_mb} MiB: raise memory_mb in [limits.retrain] of grader/rubric.toml (or run without --retrain)")
+
+
 def map_results(sandbox, source: str, assignment: str, rubric: dict, *, weights=None, voc_root=None, retrain: bool = False,
                 defined: set[str], load_failure=None, threads: int = 1, dataset_dir: str | os.PathLike | None = None,
                 device: str | None = None, retrain_iters: int | None = None, submission=None) -> list[CheckResult]:
@@ -270,9 +294,9 @@ def map_results(sandbox, source: str, assignment: str, rubric: dict, *, weights=
         spec = {"op": "train", "model": kind, "config": config, "voc_dir": str(voc_dir), "split": "train",
                 "batch_size": int(cfg.pop("batch_size", 16)), "head_init": schedule.get("head_init", "course"),
                 "train_config": cfg, "device": device, "seed": int(cfg.get("seed", 0))}
-        train_limits = {**limits, "file_bytes": 4 << 30,  # the image cache in the scratch folder (VOC train: 0.4 GB)
-                        **rubric.get("limits", {}).get("retrain", {"wall_seconds": 4 * 3600, "cpu_seconds": 8 * 3600}),
+        train_limits = {**limits, **rubric.get("limits", {}).get("retrain", {"wall_seconds": 4 * 3600, "cpu_seconds": 8 * 3600}),
                         "threads": max(1, threads)}
+        check_retrain_memory(VOCDetection(voc_dir, "train"), train_limits)
         # Its own sandbox: the dataset bound read-only, the GPU when training on it.
         with Sandbox(sandbox.mode if sandbox is not None else None, threads=max(1, threads), cuda=device == "cuda",
                      extra_ro=(voc_dir,), limits=limits_for(rubric)) as train_box:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +68,9 @@ def test_schedules_per_dataset():
     for assignment in ("one_stage", "two_stage"):
         for schedule in (select_schedule(load_rubric()[assignment]["map"], d, None)[1] for d in ("voc", "embedded")):
             assert 0 < schedule["reference_map"] - schedule["margin"] < schedule["reference_map"]
+        assignment_gate = load_rubric()[assignment]["map"]
+        ci = select_schedule(assignment_gate, "embedded", assignment_gate["schedules"]["ci"]["retrain"]["max_iters"])
+        assert ci[0] == "ci" and 0 < ci[1]["reference_map"] - ci[1]["margin"] < ci[1]["reference_map"]
 
 
 def test_weights_are_found_in_the_submission_but_never_through_a_symlink(tmp_path):
@@ -137,11 +143,16 @@ NO_CLASS_GRADIENT = ("loss_cls = sigmoid_focal_loss(class_logits.float(), gt_cla
                      "loss_cls = sigmoid_focal_loss(class_logits.float().detach(), gt_classes")
 
 
-def _retrain_ci(source: str):
+#: The two-stage counterpart: the ROI head's class logits get no gradient (the RPN still learns).
+NO_ROI_CLASS_GRADIENT = ("loss_cls = F.cross_entropy(logits, targets",
+                         "loss_cls = F.cross_entropy(logits.detach(), targets")
+
+
+def _retrain_ci(source: str, assignment: str = "one_stage"):
     from grader.grade import grade_source
 
-    iters = load_rubric()["one_stage"]["map"]["schedules"]["ci"]["retrain"]["max_iters"]
-    report = grade_source(source, "one_stage", functions=[], include_overfit=False, retrain=True, device="cpu",
+    iters = load_rubric()[assignment]["map"]["schedules"]["ci"]["retrain"]["max_iters"]
+    report = grade_source(source, assignment, functions=[], include_overfit=False, retrain=True, device="cpu",
                           retrain_iters=iters)
     return next(c for c in report.checks if c.kind == "map"), iters
 
@@ -161,3 +172,74 @@ def test_cpu_retrain_with_the_ci_schedule_fails_a_broken_detector():
     assert NO_CLASS_GRADIENT[0] in source
     result, _ = _retrain_ci(source.replace(*NO_CLASS_GRADIENT))
     assert result.status == "failed" and result.points == 0, result.message
+
+
+@pytest.mark.slow
+def test_two_stage_cpu_retrain_with_the_ci_schedule_passes_the_reference():
+    """The same gate for Faster R-CNN: [two_stage.map.schedules.ci], measured from the reference."""
+    result, iters = _retrain_ci(reference_source("two_stage"), "two_stage")
+    assert result.status == "passed" and result.points == 10, result.message
+    assert "ci schedule" in result.title and f"retrained {iters} iterations on cpu" in result.message
+
+
+@pytest.mark.slow
+def test_two_stage_cpu_retrain_with_the_ci_schedule_fails_a_broken_detector():
+    source = reference_source("two_stage")
+    assert NO_ROI_CLASS_GRADIENT[0] in source
+    result, _ = _retrain_ci(source.replace(*NO_ROI_CLASS_GRADIENT), "two_stage")
+    assert result.status == "failed" and result.points == 0, result.message
+
+
+def _small_voc(root, n_train: int):
+    """A VOC-layout folder (tests/voc_factory.py): ``n_train`` train and 2 val images at 224px."""
+    from tests.voc_factory import Img, Obj, write_voc
+
+    def images(prefix, n):
+        return [Img(f"{prefix}{i:03d}", 224, 224, [Obj("dog", (20 + i, 30, 120 + i, 150))]) for i in range(n)]
+
+    return write_voc(root, {"train": images("t", n_train), "val": images("v", 2)})
+
+
+def _tiny_retrain_rubric():
+    """The rubric with a 2-iteration, FPN-16 retrain on real-VOC-layout data and threshold 0."""
+    rubric = copy.deepcopy(load_rubric())
+    gate = rubric["one_stage"]["map"]
+    gate.update(  # the top-level table is the real-VOC schedule
+        config=dict(SMALL), reference_map=0.0, margin=0.0,
+        retrain={"batch_size": 2, "max_iters": 2, "lr": 0.001, "warmup_iters": 1})
+    return rubric, gate
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "fallback"])
+def test_retrain_keeps_the_image_cache_out_of_a_scratch_smaller_than_it(request, monkeypatch, mode):
+    """Real VOC train (2501 images) is ~377 MB as uint8, more than the sandbox's 256 MiB scratch:
+    here 16 images (2.4 MB) against a 1 MiB scratch.  The old code wrote the cache file there
+    (ENOSPC / "wrote more than 1 MiB": the reference got an error, a student's zero)."""
+    from types import SimpleNamespace
+
+    import grader.sandbox as sandbox_module
+
+    if mode == "bwrap" and sandbox_module.detect_mode("auto")[0] != "bwrap":
+        pytest.skip("bubblewrap does not work on this machine")
+    # Readable by the sandbox's unprivileged uid (pytest's tmp_path is the grader's, mode 0700).
+    root = tempfile.mkdtemp(prefix="voc-scratch-test-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    os.chmod(root, 0o755)
+    voc = _small_voc(Path(root), 16)
+    rubric, _ = _tiny_retrain_rubric()
+    monkeypatch.setattr(sandbox_module, "BWRAP_SCRATCH_BYTES", 1 << 20)
+    rubric["limits"]["retrain"]["scratch_bytes"] = 1 << 20
+    result = map_results(SimpleNamespace(mode=mode), reference_source("one_stage"), "one_stage", rubric, retrain=True,
+                         device="cpu", defined=set(STUDENT_FUNCTIONS["one_stage"]), dataset_dir=voc)[0]
+    assert result.status == "passed" and "retrained 2 iterations on cpu" in result.message, result.message
+
+
+def test_retrain_memory_too_small_for_the_cache_is_the_graders_problem_not_a_zero(tmp_path):
+    from grader.grade import GraderInfrastructureError
+
+    voc = _small_voc(tmp_path, 4)
+    rubric, _ = _tiny_retrain_rubric()
+    rubric["limits"]["retrain"]["memory_mb"] = 512
+    with pytest.raises(GraderInfrastructureError, match=r"may use 512 MiB: raise memory_mb in \[limits.retrain\]"):
+        map_results(None, reference_source("one_stage"), "one_stage", rubric, retrain=True, device="cpu",
+                    defined=set(STUDENT_FUNCTIONS["one_stage"]), dataset_dir=voc)
