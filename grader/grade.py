@@ -38,6 +38,7 @@ import torch
 from grader import checks as checks_module
 from grader import suites
 from grader.compare import Verdict, hidden_feedback, redact_hidden
+from grader.errors import EXIT_CANNOT_GRADE, GraderInfrastructureError  # noqa: F401  (re-exported for the CLI, batch, tests)
 from grader.forbidden import forbidden_message
 from grader.forbidden import forbidden_uses as find_forbidden
 from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
@@ -53,14 +54,6 @@ Progress = Callable[[CheckResult], None]
 #: Runs in a fresh sandbox child before any student code: if this fails, the
 #: sandbox itself is broken (torch missing inside it, bubblewrap failing, ...).
 CANARY_SOURCE = "import torch\n_canary = float((torch.arange(4.0) * 2).sum())\nassert _canary == 12.0, _canary\n"
-
-
-#: Exit status of ``python -m grader grade``/``batch`` when the grader cannot grade on this machine.
-EXIT_CANNOT_GRADE = 3
-
-
-class GraderInfrastructureError(RuntimeError):
-    """The grader cannot grade at all here (the sandbox does not work): no score may be recorded."""
 
 
 def check_sandbox_works(sandbox: Sandbox) -> None:

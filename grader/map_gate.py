@@ -205,7 +205,7 @@ def check_retrain_memory(train_set, train_limits: dict) -> None:
     need_mb = cache_mb + RETRAIN_HEADROOM_MB
     limit_mb = int(train_limits.get("memory_mb", DEFAULT_LIMITS["memory_mb"]))  # the sandbox's default
     if limit_mb < need_mb:
-        from grader.grade import GraderInfrastructureError
+        from grader.errors import GraderInfrastructureError
 
         raise GraderInfrastructureError(
             f"retraining needs ~{need_mb} MiB ({len(train_set)} train images of {train_set.image_size}px cached as uint8: "
