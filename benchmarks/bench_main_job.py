@@ -85,7 +85,7 @@ def per_iteration(args: argparse.Namespace) -> None:
           f"(ratio {new / old:.2f}; evaluation and plots add ~20 s)")
     for recipe in RECIPES:
         for detector in DETECTORS:
-            summary = main_job_figures.summary(recipe, detector)
+            summary = main_job_figures.summary(detector, recipe)
             if summary is None:
                 print(f"mAP {recipe} {detector}: no recorded runs (run --full --write)")
             else:

@@ -70,10 +70,8 @@ def cmd_main(argv: list[str]) -> int:
         results[detector] = run_experiment(preset, voc_dir, args.out / detector, device=args.device,
                                            resume=False, progress=not args.no_progress)
         m = results[detector]
-        recipe = "channels_last" if preset.train.channels_last else "contiguous"
-        m["expected"] = main_job_figures.summary(recipe, detector) if m["iterations"] == RECIPE_ITERATIONS else None
-        m["expectation"] = main_job_figures.expectation(detector, m["map_voc07"], recipe=recipe,
-                                                        iterations=m["iterations"])
+        m["expected"] = main_job_figures.summary(detector) if m["iterations"] == RECIPE_ITERATIONS else None
+        m["expectation"] = main_job_figures.expectation(detector, m["map_voc07"], iterations=m["iterations"])
         (args.out / detector / "metrics.json").write_text(json.dumps(m, indent=2))
         print(f"{detector}: VOC07 mAP {100 * m['map_voc07']:.1f}% on {m['eval_images']} held-out images "
               f"(trained {m['train_seconds']:.0f} s); outputs in {args.out / detector}/")

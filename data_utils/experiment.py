@@ -57,7 +57,7 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Training settings of the CPU runs on the embedded dataset (12-16 minutes per detector on 2 cores).
+#: Training settings of the CPU runs on the embedded dataset (the main job: ~6.5 and ~8 minutes on 2 cores).
 _EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=50,
                               grad_clip=10.0, channels_last=True)
 
@@ -72,7 +72,8 @@ PRESETS: dict[str, Preset] = {
     # And the course's N(0, 0.01) stems pass almost no signal (see
     # data_utils.head_init): with PyTorch's default initialisation of the
     # stems FCOS went from 8.3% to 37.6% val mAP and Faster R-CNN from 36.7%
-    # to 41.2% (600 iterations, same seed and schedule; ./run main).
+    # to 41.2% (600 iterations, seed 0, one run each; the spread over seeds
+    # and machines is in data_utils/main_job_figures.py).
     "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None, head_init="pytorch"),
     "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None,
                                    head_init="pytorch"),
