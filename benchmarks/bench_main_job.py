@@ -55,7 +55,6 @@ from data_utils.voc import VOCDetection
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_FILE = ROOT / "data_utils" / "main_job_figures.py"
 RECIPES = {"channels_last": True, "contiguous": False}  # new, old
-TARGET_MINUTES = 15.0
 
 
 def per_iteration(args: argparse.Namespace) -> None:
@@ -90,7 +89,7 @@ def per_iteration(args: argparse.Namespace) -> None:
                 print(f"mAP {recipe} {detector}: no recorded runs (run --full --write)")
             else:
                 print(f"mAP {recipe} {detector}: mean {100 * summary['mean']:.1f}%, range "
-                      f"{100 * summary['min']:.1f}-{100 * summary['max']:.1f}% over {summary['runs']} seeds")
+                      f"{100 * summary['min']:.1f}-{100 * summary['max']:.1f}% over {summary['runs']} runs")
     print_load_average()
 
 
@@ -128,9 +127,9 @@ def full(args: argparse.Namespace) -> None:
     totals = {r: statistics.mean(run["total_seconds"] for run in runs if run["recipe"] == r) for r in args.recipes}
     for recipe in args.recipes:
         for detector in DETECTORS:
-            values = [run["detectors"][detector]["map_voc07"] for run in runs if run["recipe"] == recipe]
-            print(f"{recipe} {detector}: mean {100 * statistics.mean(values):.1f}%, "
-                  f"range {100 * min(values):.1f}-{100 * max(values):.1f}%")
+            stats = main_job_figures.summary(detector, recipe, runs)
+            print(f"{recipe} {detector}: mean {100 * stats['mean']:.1f}%, "
+                  f"range {100 * stats['min']:.1f}-{100 * stats['max']:.1f}%")
     if set(RECIPES) <= set(totals):
         print(f"mean total time: channels-last / contiguous = {totals['channels_last'] / totals['contiguous']:.2f}")
     if args.write:

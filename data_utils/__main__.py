@@ -31,7 +31,6 @@ def _summary_table(results: dict[str, dict]) -> str:
 def cmd_main(argv: list[str]) -> int:
     from data_utils import main_job_figures
     from data_utils.experiment import DETECTORS, preset_with, run_experiment
-    from data_utils.main_job_figures import RECIPE_ITERATIONS
     from data_utils.synthetic import ensure_embedded_dataset, format_summary, summarize
 
     parser = argparse.ArgumentParser(prog="python -m data_utils main", description=cmd_main.__doc__)
@@ -70,7 +69,7 @@ def cmd_main(argv: list[str]) -> int:
         results[detector] = run_experiment(preset, voc_dir, args.out / detector, device=args.device,
                                            resume=False, progress=not args.no_progress)
         m = results[detector]
-        m["expected"] = main_job_figures.summary(detector) if m["iterations"] == RECIPE_ITERATIONS else None
+        m["expected"] = main_job_figures.expected(detector, m["iterations"])
         m["expectation"] = main_job_figures.expectation(detector, m["map_voc07"], iterations=m["iterations"])
         (args.out / detector / "metrics.json").write_text(json.dumps(m, indent=2))
         print(f"{detector}: VOC07 mAP {100 * m['map_voc07']:.1f}% on {m['eval_images']} held-out images "

@@ -59,14 +59,21 @@ RUNS: list[dict[str, Any]] = [{'detectors': {'faster_rcnn': {'map_all_point': 0.
 RECIPE_ITERATIONS = 600
 
 
-def summary(detector: str, recipe: str | None = None) -> dict[str, float] | None:
-    """``{"mean", "min", "max", "runs"}`` of the recorded VOC07 mAPs (fractions) of ``detector``
-    (of one memory format when ``recipe`` is given), or None without runs."""
-    values = [run["detectors"][detector]["map_voc07"] for run in RUNS
+def summary(detector: str, recipe: str | None = None, runs: list[dict[str, Any]] | None = None
+            ) -> dict[str, float] | None:
+    """``{"mean", "min", "max", "runs"}`` of the VOC07 mAPs (fractions) of ``detector`` in ``runs``
+    (default: the recorded :data:`RUNS`; of one memory format when ``recipe`` is given), or None
+    without runs."""
+    values = [run["detectors"][detector]["map_voc07"] for run in (RUNS if runs is None else runs)
               if detector in run["detectors"] and recipe in (None, run["recipe"])]
     if not values:
         return None
     return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def expected(detector: str, iterations: int) -> dict[str, float] | None:
+    """:func:`summary` of the recorded runs when a run of ``iterations`` is comparable with them, else None."""
+    return summary(detector) if iterations == RECIPE_ITERATIONS else None
 
 
 def expectation(detector: str, map_voc07: float, *, iterations: int) -> str:
