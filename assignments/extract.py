@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from grader.parsing import parse as parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS_DIR = ROOT / "solutions"
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
@@ -48,7 +50,7 @@ def module_definitions(module: str) -> dict[str, Definition]:
     path = module_path(module)
     text = path.read_text()
     lines = text.splitlines()
-    tree = ast.parse(text, filename=str(path))
+    tree = parse_python(text, filename=str(path))
     out: dict[str, Definition] = {}
     for node in tree.body:
         names = bound_names_of_statement(node)
@@ -116,13 +118,13 @@ def _bound_anywhere(node: ast.AST) -> set[str]:
 def free_names(code: str | ast.AST) -> set[str]:
     """Names ``code`` reads but never binds itself, builtins excluded (an
     over-approximation of what must exist in the enclosing namespace)."""
-    node = ast.parse(code) if isinstance(code, str) else code
+    node = parse_python(code) if isinstance(code, str) else code
     return referenced_names(node) - _bound_anywhere(node) - set(dir(builtins)) - {"__file__", "__name__"}
 
 
 def top_level_bindings(code: str) -> set[str]:
     """Names a notebook cell binds at its top level (imports, defs, assignments)."""
-    tree = ast.parse(code)
+    tree = parse_python(code)
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -137,7 +139,7 @@ def top_level_bindings(code: str) -> set[str]:
 @lru_cache(maxsize=None)
 def solution_imports(module: str) -> dict[str, str]:
     """``{name: source module}`` for ``from solutions.X import name`` lines of ``module``."""
-    tree = ast.parse(module_path(module).read_text())
+    tree = parse_python(module_path(module).read_text())
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("solutions"):

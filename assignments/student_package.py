@@ -44,6 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from assignments.extract import BEGIN_SOLUTION, ROOT
+from grader.parsing import parse as parse_python
 
 DIST_NAME = "detection_course_student"
 PACKAGES = ("data_utils", "grader")
@@ -196,7 +197,7 @@ def reference_dumps() -> frozenset[str]:
 
     dumps = set()
     for module in all_solution_modules():
-        for node in _definitions(ast.parse(module_path(module).read_text())):
+        for node in _definitions(parse_python(module_path(module).read_text())):
             if sum(1 for _ in ast.walk(node)) >= MIN_COMPARED_NODES:
                 dumps.add(normalised_dump(node))
     return frozenset(dumps)
@@ -206,7 +207,7 @@ def definition_problems(text: str) -> list[str]:
     """A definition (at any depth) named like a graded function or class, or one whose
     normalised AST equals a reference definition's: a working answer in another form."""
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text)
     except SyntaxError as error:
         return [f"does not parse ({error.msg})"]
     problems = []

@@ -29,6 +29,7 @@ import torch
 from grader import _child
 from grader.compare import Verdict
 from grader.functions import CLASSES, DEPENDENCIES, all_names, reference
+from grader.parsing import parse as parse_python
 
 Judge = Callable[[list], Verdict]
 
@@ -109,7 +110,7 @@ def reference_reaches(assignment: str) -> dict[str, frozenset[str]]:
 
     from grader.source import reference_source
 
-    tree = ast.parse(reference_source(assignment))
+    tree = parse_python(reference_source(assignment))
     defs = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     mentions = {name: {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in defs} - {name}
                 for name, node in defs.items()}

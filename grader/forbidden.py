@@ -24,6 +24,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 
+from grader.parsing import parse as parse_python
+
 _NMS = ("torchvision.ops.nms", "torchvision.ops.boxes.nms", "torchvision.ops.batched_nms",
         "torchvision.ops.boxes.batched_nms", "torchvision.ops.boxes._batched_nms_vanilla",
         "torchvision.ops.boxes._batched_nms_coordinate_trick", "torch.ops.torchvision.nms")
@@ -141,7 +143,7 @@ def forbidden_uses(source: str, assignment: str, function: str, answered: Iterab
     if not forbidden:
         return []
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []  # an unparsable submission fails elsewhere; the sandbox still blocks the calls
     top = list(_shallow(tree.body))

@@ -44,6 +44,7 @@ from grader.forbidden import forbidden_uses as find_forbidden
 from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
 from grader.gates import apply_gates
 from grader.jobs import oracle_and_given, run_jobs
+from grader.parsing import parse as parse_python
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult, GradeReport
 from grader.rubric import limits_for, load_rubric, split_points
 from grader.sandbox import Outcome, Sandbox
@@ -93,7 +94,7 @@ def stub_names(source: str, names: Sequence[str]) -> list[str]:
     NotImplementedError()`` unconditionally; a class when one of its methods is.
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         return []
     last: dict[str, ast.stmt] = {}

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS, check_assignment
 from grader.markers import BEGIN_HIDDEN_TESTS
+from grader.parsing import parse as parse_python
 from grader.submission_text import defined_names, top_level_statements
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -137,7 +138,7 @@ def _top_level_chunks(source: str) -> list[tuple[int, str]]:
 def _parse(text: str) -> ast.Module:
     """``ast.parse`` that raises only ``SyntaxError`` (with a message saying why)."""
     try:
-        return ast.parse(text)
+        return parse_python(text)
     except SyntaxError:
         raise
     except (RecursionError, MemoryError) as error:

@@ -13,6 +13,8 @@ import ast
 import re
 from pathlib import Path
 
+from grader.parsing import parse as parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -27,7 +29,7 @@ MODULES = {
 def _strip_internal_imports(text: str) -> tuple[str, list[str]]:
     """Remove ``from __future__``/``from solutions... import`` statements; return the text and
     the ``from data_utils.conventions import`` lines that replace convention imports."""
-    tree = ast.parse(text)
+    tree = parse_python(text)
     lines = text.splitlines()
     drop: set[int] = set()
     replacements: list[str] = []
@@ -68,7 +70,7 @@ def release_source(assignment: str, stub: str = "raise NotImplementedError()") -
 def solution_regions(assignment: str) -> dict[str, str]:
     """``{function or class name: its solution region text}`` (first region per name)."""
     text = reference_source(assignment)
-    tree = ast.parse(text)
+    tree = parse_python(text)
     lines = text.splitlines()
     regions: dict[str, str] = {}
     for node in ast.walk(tree):

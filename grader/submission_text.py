@@ -9,6 +9,8 @@ import ast
 import re
 from collections.abc import Iterator
 
+from grader.parsing import parse as parse_python
+
 #: What ``ast.parse`` raises on text it cannot turn into a tree: syntax errors, code nested
 #: too deeply (a 20,000-term expression: RecursionError), null bytes (ValueError).
 PARSE_ERRORS = (SyntaxError, RecursionError, MemoryError, ValueError)
@@ -34,7 +36,7 @@ def defined_names(source: str | ast.Module) -> set[str]:
     parse defines nothing."""
     if isinstance(source, str):
         try:
-            source = ast.parse(source)
+            source = parse_python(source)
         except PARSE_ERRORS:
             return set()
     names = set()
