@@ -8,6 +8,8 @@ from grader.harness.wire import dumps, loads, read_frame, to_device, to_plain, w
 
 
 class Oracle:
+    """The child's end of the oracle pipes: :meth:`proxy` makes the stand-in for one function."""
+
     def __init__(self, request_fd: int, reply_fd: int):
         self.request_fd, self.reply_fd = request_fd, reply_fd
 
