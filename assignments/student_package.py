@@ -8,7 +8,7 @@ for students.  This module writes a separate wheel,
 * the ``data_utils`` package (data, training engine, evaluation, plots), and
 * the part of ``grader`` that runs the *visible* sanity checks on the
   student's machine (:data:`STUDENT_GRADER_MODULES`: ``grader.sanity`` and
-  what it imports); the hidden checks (``grader/checks*.py``), the rubric,
+  what it imports, the ``grader.harness`` package included); the hidden checks (``grader/checks*.py``), the rubric,
   the sandbox and the grading code stay with the instructors.
 
 The sanity fixtures (expected values, no code) and ``course_tools.py``
@@ -25,7 +25,7 @@ assignment folder.  Instructors may also publish it and set
 :func:`wheel_problems` proves what is inside: only ``data_utils/`` and the
 metadata, no line of a reference body, no ``### BEGIN SOLUTION`` marker, no
 module-level import of ``solutions``, no grader module outside
-:data:`STUDENT_GRADER_MODULES`, no definition (at any depth) named like a
+:data:`STUDENT_GRADER_MODULES` and :data:`STUDENT_GRADER_PACKAGES`, no definition (at any depth) named like a
 graded function or class, and no definition equal to a reference one after
 names and literals are normalised (:func:`definition_problems`).  The given
 backbone the grader supplies to the second assignment lives in
@@ -49,7 +49,9 @@ from grader.parsing import parse as parse_python
 DIST_NAME = "detection_course_student"
 PACKAGES = ("data_utils", "grader")
 #: The grader modules students get: the visible-check runner and its imports.
-STUDENT_GRADER_MODULES = ("__init__", "_child", "compare", "functions", "judges", "registry", "results", "sanity")
+STUDENT_GRADER_MODULES = ("__init__", "compare", "functions", "judges", "registry", "results", "sanity")
+#: Grader subpackages students get whole: the harness that runs the visible checks (``grader.harness``).
+STUDENT_GRADER_PACKAGES = ("harness",)
 #: Runtime requirements of data_utils (Colab already has all of them).
 REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
@@ -63,15 +65,25 @@ def wheel_name() -> str:
     return f"{DIST_NAME}-{version()}-py3-none-any.whl"
 
 
+def is_student_grader_file(name: str) -> bool:
+    """Whether the grader file ``name`` (``grader/...``, a POSIX path) belongs in the student wheel:
+    a module of :data:`STUDENT_GRADER_MODULES` or a file of a :data:`STUDENT_GRADER_PACKAGES` package."""
+    parts = name.split("/")
+    if len(parts) == 2:
+        return Path(parts[1]).stem in STUDENT_GRADER_MODULES
+    return len(parts) == 3 and parts[1] in STUDENT_GRADER_PACKAGES
+
+
 def _package_files() -> list[tuple[str, bytes]]:
     files = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             if "__pycache__" in path.parts:
                 continue
-            if package == "grader" and (path.parent.name != "grader" or path.stem not in STUDENT_GRADER_MODULES):
+            name = path.relative_to(ROOT).as_posix()
+            if package == "grader" and not is_student_grader_file(name):
                 continue
-            files.append((path.relative_to(ROOT).as_posix(), path.read_bytes()))
+            files.append((name, path.read_bytes()))
     return files
 
 
@@ -133,7 +145,7 @@ def wheel_problems(path: Path) -> list[str]:
                 problems.append(f"{name}: contains a solution marker")
             if re.search(r"^(from|import)\s+solutions\b", text, flags=re.M):
                 problems.append(f"{name}: imports solutions at module level")
-            if top == "grader" and Path(name).stem not in STUDENT_GRADER_MODULES:
+            if top == "grader" and not is_student_grader_file(name):
                 problems.append(f"{name}: grader module not meant for students")
             leaked = sorted({line.strip() for line in text.splitlines()} & reference)
             if leaked:

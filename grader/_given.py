@@ -5,7 +5,7 @@ Instructor-only: it is a complete answer to a graded class of the first
 assignment, so it is not in the student wheel (see
 :mod:`assignments.student_package`).  :func:`given_sources` sends this
 module's text with a job; the sandboxed child executes it
-(:func:`grader._child.given_classes`) only when the submission does not define
+(:func:`grader.harness.standins.given_classes`) only when the submission does not define
 the class.  Standard library, torch and torchvision only.
 """
 

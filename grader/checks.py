@@ -3,7 +3,7 @@
 A :class:`Check` names one graded property of one student function.  Its
 ``make()`` (run in the grader's process, where :mod:`solutions` is available)
 returns a :class:`Job`: one or more procedure specs for the sandbox (see
-:mod:`grader._child`) and a ``judge`` that compares the submission's outputs
+:mod:`grader.harness.procedures`) and a ``judge`` that compares the submission's outputs
 with the reference's and returns a :class:`~grader.compare.Verdict`.
 
 The reference's outputs are computed by running *the same procedure* on the
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grader import _child
 from grader.compare import Verdict
 from grader.functions import CLASSES, DEPENDENCIES, all_names, reference
+from grader.harness import procedures
 from grader.parsing import parse as parse_python
 
 Judge = Callable[[list], Verdict]
@@ -69,7 +69,7 @@ def reference_namespace(assignment: str) -> dict:
 
 def run_reference(assignment: str, spec: dict):
     """Run ``spec`` on the reference in this process; return the procedure's value."""
-    record = _child.run_procedure(dict(reference_namespace(assignment)), copy.deepcopy(spec))
+    record = procedures.run_procedure(dict(reference_namespace(assignment)), copy.deepcopy(spec))
     if not record.get("ok"):
         raise RuntimeError(f"the reference failed on {spec.get('op')} {spec.get('name')}: {record.get('error_type')}: "
                            f"{record.get('error')}\n{record.get('traceback')}")

@@ -16,7 +16,7 @@ its notebook's text).  They are enforced twice:
 * in the sandbox (defence in depth, for what a static reading misses:
   ``globals()`` tricks, computed names), the child replaces the forbidden
   callables -- and every alias of them it can find -- by ones that raise while
-  the function's checks run (:func:`grader._child.forbid_callables`).
+  the function's checks run (:func:`grader.harness.submission.forbid_callables`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two isolation levels, chosen by :func:`detect_mode` (or forced with
 ``mode=``/``GRADER_SANDBOX``):
 
 ``bwrap`` (preferred; Debian/Ubuntu package ``bubblewrap``)
-    The zygote (see :mod:`grader._child`) runs under bubblewrap with every
+    The zygote (see :mod:`grader.harness.zygote`) runs under bubblewrap with every
     namespace unshared: no network, its own PID namespace (it cannot see or
     signal the grader), a read-only view of only the system directories, the
     Python installation and ``data_utils`` -- ``solutions``, ``grader``, the
@@ -54,9 +54,9 @@ from typing import Any
 
 import torch
 
-from grader import _child, _given
+from grader import _given
+from grader.harness import boot, wire
 
-CHILD_SOURCE_PATH = Path(_child.__file__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("auto", "bwrap", "fallback")
 
@@ -485,8 +485,7 @@ class Sandbox:
             os.chown(self.scratch, self.lease.uid, self.lease.gid)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        source = CHILD_SOURCE_PATH.read_text()
-        python = [sys.executable, "-I", "-c", source, "--zygote", f"{to_child_r},{from_child_w}"]
+        python = boot.zygote_command(sys.executable, f"{to_child_r},{from_child_w}")
         cmd = (bwrap_command(self.scratch, cuda=self.cuda, extra_ro=self.extra_ro) + python) if self.mode == "bwrap" else python
         env = _scrubbed_env(self.scratch, self.threads, self.cuda)
         self._started_at = time.monotonic()
@@ -584,11 +583,11 @@ class Sandbox:
         return data
 
     def _read_frame(self, deadline: float) -> bytes | None:
-        head = self._read_exact(_child.FRAME.size, deadline)
+        head = self._read_exact(wire.FRAME.size, deadline)
         if head is None:
             return None
-        (length,) = _child.FRAME.unpack(head)
-        if length > _child.MAX_FRAME:
+        (length,) = wire.FRAME.unpack(head)
+        if length > wire.MAX_FRAME:
             raise ProtocolError(f"oversized frame ({length} bytes)")
         return self._read_exact(length, deadline)
 
@@ -634,7 +633,7 @@ class Sandbox:
                "lib_dir": str(self.lib_dir),
                "run_as": [self.lease.uid, self.lease.gid] if self.lease is not None else None}
         try:
-            _child.write_frame(self._ctl_in, _child.dumps(job))
+            wire.write_frame(self._ctl_in, wire.dumps(job))
         except OSError as error:
             self._cleanup_process()
             return Outcome("sandbox_error", error=f"could not send the job: {error}")
@@ -686,8 +685,8 @@ class Sandbox:
         try:
             if budget <= 0:
                 raise TimeoutError("the time for answers by the grader is used up in this check (too many calls)")
-            request = _child.loads(payload)
-            _child.check_bounded(request)
+            request = wire.loads(payload)
+            wire.check_bounded(request)
             if not isinstance(request, dict) or not isinstance(request.get("name"), str):
                 raise TypeError("malformed request")
             name = request["name"]
@@ -697,11 +696,11 @@ class Sandbox:
             if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
                 raise TypeError("malformed arguments")
             value = handler(name, list(args), dict(kwargs))
-            reply = {"ok": True, "value": _child.to_plain(value)}
+            reply = {"ok": True, "value": wire.to_plain(value)}
         except Exception as error:  # noqa: BLE001 - anything the request provokes goes back as an error
-            reply = {"ok": False, "error": f"{type(error).__name__}: {_child.safe_text(error, 500)}"}
+            reply = {"ok": False, "error": f"{type(error).__name__}: {wire.safe_text(error, 500)}"}
         try:
-            _child.write_frame(self._ctl_in, _child.dumps(reply))
+            wire.write_frame(self._ctl_in, wire.dumps(reply))
         except OSError:
             pass  # the sandbox died meanwhile: the next read says so
         return time.monotonic() - started
@@ -730,11 +729,11 @@ class Sandbox:
             return Outcome("crashed", **base)
         try:
             record = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-            _child.check_bounded(record, max_bytes=4 * int(limits["result_bytes"]))
+            wire.check_bounded(record, max_bytes=4 * int(limits["result_bytes"]))
             if not isinstance(record, dict):
                 raise TypeError("result is not a dict")
         except Exception as error:  # noqa: BLE001 - untrusted bytes
-            return Outcome("bad_result", error=f"{type(error).__name__}: {_child.safe_text(error, 300)}", **base)
+            return Outcome("bad_result", error=f"{type(error).__name__}: {wire.safe_text(error, 300)}", **base)
         blocked = _short_strings(record.get("blocked_imports")) + _short_strings(record.get("imported_blocked"))
         if record.get("ok") is True:
             return Outcome("ok", value=record.get("value"), blocked_imports=blocked, **base)

@@ -7,7 +7,7 @@ by default, a ``torch.save`` of plain tensors, numbers and dicts).  The
 grader runs the very same cases (in its sandbox) as the visible part of each
 function's checks, computing the expected values from the reference.
 
-A case is data: a procedure spec for :mod:`grader._child` (the harness that
+A case is data: a procedure spec for :mod:`grader.harness.procedures` (the harness that
 calls the function or builds the module), a ``compare`` rule and, in the
 fixture, the expected value.  Specs may hold ``{"__ref__": name, "args": ...}``
 markers: inputs that are themselves reference outputs (e.g. the locations
@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from data_utils.atomic import atomic_torch_save
-from grader import _child
 from grader.compare import Verdict, close, compare_tree, rel_error
 from grader.functions import STUDENT_FUNCTIONS, check_assignment
+from grader.harness import procedures
 from grader.judges import diagnose_nms, judge_indices, judge_samples, shape_tree, shape_verdict
 from grader.registry import CHECK_SUITES
 from grader.results import FAILED, PASSED, CheckResult
@@ -598,7 +598,7 @@ def run_sanity(assignment: str, name: str, fn_or_namespace: Callable | dict, fix
         namespace = {name: fn_or_namespace}
     results = []
     for case in (c for c in data["cases"] if c["function"] == name):
-        record = _child.run_procedure(namespace, copy.deepcopy(case["spec"]))
+        record = procedures.run_procedure(namespace, copy.deepcopy(case["spec"]))
         result = CheckResult(case["id"], name, case["title"], True, 0.0)
         rel = None
         if not record.get("ok"):

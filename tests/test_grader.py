@@ -22,9 +22,9 @@ import nbformat
 import pytest
 import torch
 
-from grader import _child
 from grader.compare import check_not_mutated, rel_error, tree_close
 from grader.functions import CLASSES, DEPENDENCIES, REFERENCE_MODULES, STUDENT_FUNCTIONS
+from grader.harness import wire
 from grader.notebook import SubmissionError, extract_submission
 from grader.report import csv_text, gradescope_results, markdown_feedback
 from grader.results import CheckResult, GradeReport
@@ -271,8 +271,8 @@ def test_results_are_decoded_without_unpickling_objects():
     payload = pickle.dumps({"ok": True, "value": Evil()})
     outcome = Sandbox.__new__(Sandbox)._outcome({"type": "done", "has_result": True}, payload)
     assert outcome.status == "bad_result" and not os.path.exists("/tmp/grader-pwned")
-    with pytest.raises(_child.BadReturn):
-        _child.to_plain(object())
+    with pytest.raises(wire.BadReturn):
+        wire.to_plain(object())
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 
-from grader import _child
 from grader.grade import grade_source
+from grader.harness import wire
 from grader.rubric import load_rubric
 from grader.sandbox import Outcome, ProtocolError, Sandbox, probe_bwrap
 from tests.grader_zoo.zoo_sandbox import HONEST, ONE, TARGET, SandboxEntry, sandbox_entries
@@ -84,10 +84,10 @@ def test_garbled_frames_from_the_sandbox_are_the_submissions_failure():
     sandbox = Sandbox.__new__(Sandbox)
     read, write = os.pipe()
     sandbox._ctl_out, sandbox._buffer, sandbox.proc = read, bytearray(), None
-    os.write(write, _child.FRAME.pack(5) + b"}{!!!")
+    os.write(write, wire.FRAME.pack(5) + b"}{!!!")
     with pytest.raises(ProtocolError):
         sandbox._serve({"wall_seconds": 1.0, "oracle_seconds": 1.0}, [], None)
-    os.write(write, _child.FRAME.pack(1 << 40))
+    os.write(write, wire.FRAME.pack(1 << 40))
     sandbox._buffer = bytearray()
     with pytest.raises(ProtocolError):
         sandbox._serve({"wall_seconds": 1.0, "oracle_seconds": 1.0}, [], None)
@@ -109,5 +109,5 @@ def test_result_records_are_bounded_before_use():
     deep: list = []
     for _ in range(100):
         deep = [deep]
-    with pytest.raises(_child.Unbounded, match="deeper"):
-        _child.check_bounded(deep)
+    with pytest.raises(wire.Unbounded, match="deeper"):
+        wire.check_bounded(deep)

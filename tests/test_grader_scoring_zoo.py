@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader import _child, suites
 from grader import checks as checks_module
+from grader import suites
 from grader.compare import compare_tensor, hidden_feedback, redact_hidden
 from grader.forbidden import FORBIDDEN, forbidden_names, forbidden_uses, rule
 from grader.functions import CLASSES, STUDENT_FUNCTIONS, all_names, reference
 from grader.gates import apply_gates, gate_for
+from grader.harness import procedures
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from grader.rubric import load_rubric
 from grader.source import reference_source
@@ -79,7 +80,7 @@ def test_reference_call_graph_covers_the_calls_the_reference_makes(assignment):
 
         sys.setprofile(profile)
         try:
-            record = _child.run_procedure(dict(ns), copy.deepcopy(spec))
+            record = procedures.run_procedure(dict(ns), copy.deepcopy(spec))
         finally:
             sys.setprofile(None)
         assert record.get("ok"), record

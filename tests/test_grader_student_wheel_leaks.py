@@ -1,7 +1,7 @@
 """The student wheel holds no graded answer in any form (issue 11, item 5).
 
 The harness used to carry a complete RegNet+FPN (``given_backbone_class``)
-inside ``grader/_child.py``, which students get; the line-by-line leak check
+inside ``grader/_child.py`` (now the ``grader/harness/`` package), which students get; the line-by-line leak check
 missed it.  The given backbone now lives in ``grader/_given.py`` (instructor
 only) and the leak check refuses definitions named like graded answers and
 reference definitions with names and literals changed.
@@ -45,9 +45,9 @@ def test_the_wheel_has_no_given_backbone(tmp_path):
     wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        child = archive.read("grader/_child.py").decode()
+        harness = [archive.read(n).decode() for n in names if n.startswith("grader/harness/")]
     assert "grader/_given.py" not in names and "_given" not in STUDENT_GRADER_MODULES
-    assert "class DetectorBackboneWithFPN" not in child
+    assert harness and not any("class DetectorBackboneWithFPN" in text for text in harness)
     assert wheel_problems(wheel) == []
 
 

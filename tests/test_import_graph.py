@@ -139,7 +139,7 @@ def private_imports(files: dict[str, Path]) -> list[tuple[str, str, int]]:
             if owner is None or owner == name:
                 continue
             private_module = next((p for p in target.split(".") if p.startswith("_") and not p.startswith("__")), None)
-            # Importing a private module is fine inside its own package (grader._child from grader.sandbox).
+            # Importing a private module is fine inside its own package (grader._given from grader.sandbox).
             if private_module and target.split(".")[0] != name.split(".")[0]:
                 out.append((name, target, line))
             if imported and imported.startswith("_") and not imported.startswith("__"):
