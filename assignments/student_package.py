@@ -8,7 +8,8 @@ for students.  This module writes a separate wheel,
 * the ``data_utils`` package (data, training engine, evaluation, plots), and
 * the part of ``grader`` that runs the *visible* sanity checks on the
   student's machine (:data:`STUDENT_GRADER_MODULES`: ``grader.sanity`` and
-  what it imports); the hidden checks (``grader/checks*.py``), the rubric,
+  what it imports, and the course manifest ``grader/course.toml`` that
+  ``grader.functions`` reads); the hidden checks (``grader/checks*.py``), the rubric,
   the sandbox and the grading code stay with the instructors.
 
 The sanity fixtures (expected values, no code) and ``course_tools.py``
@@ -50,6 +51,9 @@ DIST_NAME = "detection_course_student"
 PACKAGES = ("data_utils", "grader")
 #: The grader modules students get: the visible-check runner and its imports.
 STUDENT_GRADER_MODULES = ("__init__", "_child", "compare", "functions", "judges", "registry", "results", "sanity")
+#: Data files of ``grader`` students get: the course manifest ``grader.functions`` reads (public facts only;
+#: the rubric, with its check weights and thresholds, stays out).
+STUDENT_GRADER_DATA = ("course.toml",)
 #: Runtime requirements of data_utils (Colab already has all of them).
 REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
@@ -72,7 +76,8 @@ def _package_files() -> list[tuple[str, bytes]]:
             if package == "grader" and (path.parent.name != "grader" or path.stem not in STUDENT_GRADER_MODULES):
                 continue
             files.append((path.relative_to(ROOT).as_posix(), path.read_bytes()))
-    return files
+    files += [(f"grader/{name}", (ROOT / "grader" / name).read_bytes()) for name in STUDENT_GRADER_DATA]
+    return sorted(files)
 
 
 def _record_hash(data: bytes) -> str:
@@ -126,6 +131,8 @@ def wheel_problems(path: Path) -> list[str]:
             if top not in PACKAGES and not top.endswith(".dist-info"):
                 problems.append(f"{name}: not part of the student package")
                 continue
+            if top == "grader" and not name.endswith(".py") and Path(name).name not in STUDENT_GRADER_DATA:
+                problems.append(f"{name}: grader file not meant for students")
             if not name.endswith(".py"):
                 continue
             text = archive.read(name).decode()

@@ -1,0 +1,112 @@
+"""The course manifest ``grader/course.toml`` is the one place that declares each function's points.
+
+The main test edits a point value in a temporary copy of the packages that read it and sees the
+new value everywhere: the notebooks' spec, the grader's rubric and functions views, the split
+over checks and the maximum score.  Any module that still declared the points itself would
+report the old value there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from grader.functions import COURSE_PATH, DEPENDENCIES, STUDENT_FUNCTIONS, load_course
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Printed by a fresh interpreter over the temporary copy: every view of the points.
+_PROBE = textwrap.dedent("""
+    import json
+    from types import SimpleNamespace
+
+    from assignments.spec import ASSIGNMENTS
+    from grader.functions import STUDENT_FUNCTIONS, load_course
+    from grader.rubric import function_points, load_rubric, split_points
+
+    rubric = load_rubric()
+    checks = [SimpleNamespace(id=c, function=c.split("/")[0]) for c in rubric["one_stage"]["weights"]]
+    split = split_points(rubric, "one_stage", checks, skipped=set())
+    print(json.dumps({
+        "spec_points": ASSIGNMENTS["one_stage"].points["nms"],
+        "spec_order": ASSIGNMENTS["one_stage"].functions,
+        "spec_total": ASSIGNMENTS["one_stage"].total_points,
+        "spec_max": ASSIGNMENTS["one_stage"].max_score,
+        "functions_order": STUDENT_FUNCTIONS["one_stage"],
+        "manifest_points": load_course()["one_stage"]["functions"]["nms"],
+        "rubric_points": function_points(rubric, "one_stage", "nms"),
+        "split_nms": round(sum(p for c, p in split.items() if c.startswith("nms/")), 6),
+        "grader_max": round(sum(split.values()) + rubric["one_stage"]["overfit"]["points"], 6),
+    }))
+""")
+
+
+def _copy_packages(dest: Path) -> None:
+    """The top-level modules and data of ``assignments`` and ``grader`` (no notebooks, fixtures or slurm)."""
+    for package in ("assignments", "grader"):
+        (dest / package).mkdir(parents=True)
+        for path in (ROOT / package).iterdir():
+            if path.is_file() and path.suffix in (".py", ".toml"):
+                shutil.copy2(path, dest / package / path.name)
+
+
+def _probe(root: Path) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_point_value_changed_in_the_manifest_is_seen_everywhere(tmp_path):
+    _copy_packages(tmp_path)
+    before = _probe(tmp_path)
+    assert before["spec_points"] == before["manifest_points"] == before["rubric_points"] == 14
+    assert before["split_nms"] == pytest.approx(14)
+    manifest = tmp_path / "grader" / "course.toml"
+    text = manifest.read_text()
+    assert text.count("\nnms = 14\n") == 1
+    manifest.write_text(text.replace("\nnms = 14\n", "\nnms = 15\n"))
+
+    after = _probe(tmp_path)
+    assert after["manifest_points"] == after["spec_points"] == after["rubric_points"] == 15
+    assert after["split_nms"] == pytest.approx(15)
+    assert after["spec_total"] == before["spec_total"] + 1
+    assert after["spec_max"] == before["spec_max"] + 1
+    assert after["grader_max"] == pytest.approx(before["grader_max"] + 1)
+    assert after["spec_order"] == after["functions_order"] == before["functions_order"]
+
+
+def test_the_rubric_may_not_declare_points_again(tmp_path):
+    """A ``[<assignment>.functions]`` table back in the rubric would be a second source: refused."""
+    from grader.rubric import RUBRIC_PATH, load_rubric
+
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(RUBRIC_PATH.read_text() + "\n[one_stage.functions]\nnms = 14\n")
+    with pytest.raises(ValueError, match="course.toml"):
+        load_rubric(str(rubric))
+
+
+def test_the_manifest_declares_what_the_grader_reads():
+    course = tomllib.loads(COURSE_PATH.read_text())
+    assert course == load_course()
+    for assignment, entry in course.items():
+        assert STUDENT_FUNCTIONS[assignment] == list(entry["functions"])
+        assert DEPENDENCIES[assignment] == entry["reused"]
+        assert sum(entry["functions"].values()) == 100, assignment
+
+
+def test_the_gradescope_bundle_carries_the_manifest(tmp_path):
+    from grader.gradescope import build_bundle
+
+    with zipfile.ZipFile(build_bundle("one_stage", tmp_path / "bundle.zip")) as archive:
+        names = set(archive.namelist())
+    assert {"grader/course.toml", "grader/rubric.toml"} <= names
