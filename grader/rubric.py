@@ -32,6 +32,13 @@ def load_rubric(path: str | None = None) -> dict:
     return rubric
 
 
+def default_limits() -> dict:
+    """``[limits.check]`` of ``grader/rubric.toml`` itself (not ``$GRADER_RUBRIC``): the sandbox's defaults,
+    so that a job started without a rubric runs under the same limits as a graded one."""
+    with open(RUBRIC_PATH, "rb") as f:
+        return dict(tomllib.load(f)["limits"]["check"])
+
+
 def weight_for(rubric: dict, assignment: str, check_id: str) -> float:
     table = rubric[assignment]["weights"]
     if check_id not in table:

@@ -58,10 +58,10 @@ def _copy_packages(dest: Path) -> None:
                 shutil.copy2(path, dest / package / path.name)
 
 
-def _probe(root: Path) -> dict:
+def _probe(root: Path, code: str = _PROBE) -> dict:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -83,6 +83,18 @@ def test_a_point_value_changed_in_the_manifest_is_seen_everywhere(tmp_path):
     assert after["spec_max"] == before["spec_max"] + 1
     assert after["grader_max"] == pytest.approx(before["grader_max"] + 1)
     assert after["spec_order"] == after["functions_order"] == before["functions_order"]
+
+
+def test_a_sandbox_limit_changed_in_the_rubric_is_the_sandboxs_default(tmp_path):
+    """``[limits.check]`` of grader/rubric.toml is grader/sandbox.py's DEFAULT_LIMITS, not a copy of it."""
+    _copy_packages(tmp_path)
+    rubric = tmp_path / "grader" / "rubric.toml"
+    text = rubric.read_text()
+    assert text.count("\nmemory_mb = 3072 ") == 1 and text.count("\nnproc = 256 ") == 1
+    rubric.write_text(text.replace("\nmemory_mb = 3072 ", "\nmemory_mb = 3000 ").replace("\nnproc = 256 ", "\nnproc = 200 "))
+    code = ("import json; from grader.sandbox import DEFAULT_LIMITS; "
+            "print(json.dumps({k: DEFAULT_LIMITS[k] for k in ('memory_mb', 'nproc')}))")
+    assert _probe(tmp_path, code) == {"memory_mb": 3000, "nproc": 200}
 
 
 def test_the_rubric_may_not_declare_points_again(tmp_path):
