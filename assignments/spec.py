@@ -37,6 +37,11 @@ class AssignmentSpec:
     #: student pastes in (the two-stage detector needs the backbone, the
     #: locations and NMS from the one-stage assignment).
     reused: tuple[str, ...] = field(default=())
+    #: The notebook's settings profiles (``tiny``, ``cpu``, ``gpu``): ``{profile: {key: value}}``,
+    #: keys in notebook order, ``None`` where the manifest leaves a key out (TOML has no null).
+    profiles: dict[str, dict] = field(default_factory=dict)
+    #: How the settings literal groups the keys: one tuple per line of the notebook.
+    profile_lines: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def text_source(self) -> Path:
@@ -74,16 +79,29 @@ class AssignmentSpec:
         return self.total_points + self.overfit["points"]
 
 
+def _profiles(name: str, entry: dict) -> dict[str, dict]:
+    """``[<name>.profiles.*]`` with every key of ``profile_lines``, in that order (left out = ``None``)."""
+    keys = [key for line in entry.get("profile_lines", []) for key in line]
+    profiles = {}
+    for profile, values in entry.get("profiles", {}).items():
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ValueError(f"grader/course.toml [{name}.profiles.{profile}]: {unknown} are not in profile_lines")
+        profiles[profile] = {key: values.get(key) for key in keys}
+    return profiles
+
+
 def _from_manifest(course: dict) -> dict[str, AssignmentSpec]:
     """One :class:`AssignmentSpec` per assignment of the course manifest, in its order."""
     return {
         name: AssignmentSpec(name=name, title=entry["title"], points={f: int(p) for f, p in entry["functions"].items()},
-                             reused=tuple(entry["reused"]))
+                             reused=tuple(entry["reused"]), profiles=_profiles(name, entry),
+                             profile_lines=tuple(tuple(line) for line in entry.get("profile_lines", [])))
         for name, entry in course.items()
     }
 
 
-#: Titles, graded functions (notebook order, points) and reused cells, from ``grader/course.toml``.
+#: Titles, graded functions (notebook order, points), reused cells and settings profiles, from ``grader/course.toml``.
 ASSIGNMENTS: dict[str, AssignmentSpec] = _from_manifest(load_course())
 
 

@@ -8,6 +8,7 @@ report the old value there.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -15,11 +16,15 @@ import sys
 import textwrap
 import tomllib
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from assignments import build
+from assignments.spec import ASSIGNMENTS
 from grader.functions import COURSE_PATH, DEPENDENCIES, STUDENT_FUNCTIONS, load_course
+from grader.parsing import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +45,7 @@ _PROBE = textwrap.dedent("""
         "spec_order": ASSIGNMENTS["one_stage"].functions,
         "spec_total": ASSIGNMENTS["one_stage"].total_points,
         "spec_max": ASSIGNMENTS["one_stage"].max_score,
+        "spec_cpu_overfit_iters": ASSIGNMENTS["one_stage"].profiles["cpu"]["overfit_iters"],
         "functions_order": STUDENT_FUNCTIONS["one_stage"],
         "manifest_points": load_course()["one_stage"]["functions"]["nms"],
         "rubric_points": function_points(rubric, "one_stage", "nms"),
@@ -74,7 +80,10 @@ def test_a_point_value_changed_in_the_manifest_is_seen_everywhere(tmp_path):
     manifest = tmp_path / "grader" / "course.toml"
     text = manifest.read_text()
     assert text.count("\nnms = 14\n") == 1
-    manifest.write_text(text.replace("\nnms = 14\n", "\nnms = 15\n"))
+    text = text.replace("\nnms = 14\n", "\nnms = 15\n")
+    head, cpu = text.split("[one_stage.profiles.cpu]\n")
+    assert before["spec_cpu_overfit_iters"] == 80 and "\noverfit_iters = 80\n" in cpu.split("\n[")[0]
+    manifest.write_text(head + "[one_stage.profiles.cpu]\n" + cpu.replace("\noverfit_iters = 80\n", "\noverfit_iters = 81\n", 1))
 
     after = _probe(tmp_path)
     assert after["manifest_points"] == after["spec_points"] == after["rubric_points"] == 15
@@ -83,6 +92,51 @@ def test_a_point_value_changed_in_the_manifest_is_seen_everywhere(tmp_path):
     assert after["spec_max"] == before["spec_max"] + 1
     assert after["grader_max"] == pytest.approx(before["grader_max"] + 1)
     assert after["spec_order"] == after["functions_order"] == before["functions_order"]
+    assert after["spec_cpu_overfit_iters"] == 81
+
+
+def _settings_of(nb) -> dict:
+    """The built settings cell's ``SETTINGS = {...}[PROFILE]`` dict, every profile, evaluated."""
+    (cell,) = [c for c in nb.cells if c.get("id") == "settings"]
+    (node,) = [n for n in parse(cell.source).body if isinstance(n, ast.Assign) and n.targets[0].id == "SETTINGS"]
+    assert isinstance(node.value, ast.Subscript) and ast.unparse(node.value.slice) == "PROFILE"
+    return eval(compile(ast.Expression(node.value.value), "settings", "eval"), {"__builtins__": {"dict": dict}})
+
+
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+def test_the_notebooks_settings_are_the_manifests_profiles_as_literals(name):
+    spec = ASSIGNMENTS[name]
+    assert list(spec.profiles) == ["tiny", "cpu", "gpu"]
+    nb = build.build_notebook(spec)
+    assert _settings_of(nb) == spec.profiles
+    (cell,) = [c for c in nb.cells if c.get("id") == "settings"]
+    assert build.PROFILES_PLACEHOLDER not in cell.source and "course.toml" not in cell.source
+
+
+def test_a_profile_value_changed_in_the_spec_is_written_into_the_notebook():
+    spec = ASSIGNMENTS["two_stage"]
+    changed = {p: dict(v) for p, v in spec.profiles.items()}
+    changed["gpu"]["lr"], changed["tiny"]["grad_clip"] = 2.5e-3, None
+    changed["cpu"]["grad_clip"] = 5.0
+    assert _settings_of(build.build_notebook(replace(spec, profiles=changed))) == changed
+
+
+@pytest.mark.parametrize("value, text", [(5e-3, "5e-3"), (1e-2, "1e-2"), (0.05, "0.05"), (10.0, "10.0"),
+                                         (2.5e-3, "2.5e-3"), (None, "None"), (True, "True"), ("voc", '"voc"'),
+                                         ([32, 32], "[32, 32]"), (1 / 3 * 1e-3, repr(1 / 3 * 1e-3))])
+def test_notebook_literals_read_back_equal(value, text):
+    assert build.python_literal(value) == text
+    assert eval(text) == value
+
+
+def test_a_text_source_without_the_placeholder_is_refused(tmp_path, monkeypatch):
+    spec = ASSIGNMENTS["one_stage"]
+    fake = tmp_path / "one_stage.md"
+    fake.write_text(spec.text_source.read_text().replace(build.PROFILES_PLACEHOLDER, "{}"))
+    (tmp_path / "_setup.py").write_text((spec.text_source.parent / "_setup.py").read_text())
+    monkeypatch.setattr(type(spec), "text_source", property(lambda self: fake))
+    with pytest.raises(build.BuildError, match="profiles"):
+        build.build_notebook(spec)
 
 
 def test_a_sandbox_limit_changed_in_the_rubric_is_the_sandboxs_default(tmp_path):
