@@ -176,3 +176,19 @@ def test_the_gradescope_bundle_carries_the_manifest(tmp_path):
     with zipfile.ZipFile(build_bundle("one_stage", tmp_path / "bundle.zip")) as archive:
         names = set(archive.namelist())
     assert {"grader/course.toml", "grader/rubric.toml"} <= names
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(points={"nms": 14, "no_such_function": 86}), "REFERENCE_MODULES"),
+    # FCOS is graded by one_stage, iou only by two_stage itself: iou alone is refused.
+    (dict(reused=("FCOS", "iou")), r"reused \['iou'\] are graded by no other assignment"),
+])
+def test_check_against_grader_refuses_names_the_grader_cannot_grade(monkeypatch, change, words):
+    from assignments import spec as spec_module
+
+    assignments = dict(spec_module.ASSIGNMENTS)
+    name = "one_stage" if "points" in change else "two_stage"
+    assignments[name] = replace(assignments[name], **change)
+    monkeypatch.setattr(spec_module, "ASSIGNMENTS", assignments)
+    with pytest.raises(ValueError, match=words):
+        spec_module.check_against_grader()
