@@ -77,14 +77,14 @@ def provenance(sources: list[str]) -> dict:
 
 def notebook_sources(spec: AssignmentSpec, included: list[str]) -> list[str]:
     """What a notebook is generated from: its text source, the files it includes, the reference
-    solutions and the points (:mod:`assignments.spec`)."""
+    solutions, the course manifest (points and settings profiles) and :mod:`assignments.spec`."""
     def shown(path: Path) -> str:  # relative to the repository; a text source elsewhere (tests) as is
         path = path.resolve()
         return path.relative_to(HERE.parent).as_posix() if path.is_relative_to(HERE.parent) else str(path)
 
     folder = spec.text_source.parent
     return [shown(spec.text_source), *(shown(folder / name) for name in dict.fromkeys(included)),
-            "solutions/", "assignments/spec.py"]
+            "solutions/", "grader/course.toml", "assignments/spec.py"]
 
 
 def provenance_cell(sources: list[str]) -> str:
@@ -177,6 +177,41 @@ def student_cell_source(name: str, skip: set[str], emitted: set[str]) -> str:
     return "\n\n\n".join(parts)
 
 
+#: Where a text source's settings cell takes the manifest's profiles (``grader/course.toml``):
+#: ``SETTINGS = {{PROFILES}}[PROFILE]``.  Students see the literal dict, never a toml read.
+PROFILES_PLACEHOLDER = "{{PROFILES}}"
+
+
+def python_literal(value) -> str:
+    """``value`` as the notebook shows it: double-quoted strings, ``None``, small floats as ``5e-3``
+    (how the course writes learning rates; always a float that reads back equal)."""
+    if value is None or isinstance(value, bool | int):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        if 0 < abs(value) <= 0.01:
+            mantissa, exponent = f"{value:e}".split("e")
+            short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+            if float(short) == value:
+                return short
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(python_literal(v) for v in value) + "]"
+    raise BuildError(f"no notebook literal for {value!r} ({type(value).__name__})")
+
+
+def profiles_literal(spec: AssignmentSpec) -> str:
+    """``{"tiny": dict(...), "cpu": ..., "gpu": ...}`` as Python source: the manifest's profiles,
+    one line per ``profile_lines`` entry, continuation lines aligned under ``dict(``."""
+    lines = ["{"]
+    for profile, values in spec.profiles.items():
+        head = f'    "{profile}": dict('
+        rows = [", ".join(f"{key}={python_literal(values[key])}" for key in line) for line in spec.profile_lines]
+        lines.append(head + (",\n" + " " * len(head)).join(rows) + "),")
+    return "\n".join([*lines, "}"])
+
+
 def _split_directives(source: str) -> tuple[dict[str, str], str]:
     directives, body = {}, []
     for line in source.splitlines():
@@ -202,6 +237,7 @@ def build_notebook(spec: AssignmentSpec) -> nbformat.NotebookNode:
     cells: list[nbformat.NotebookNode] = []
     used_ids: set[str] = set()
     included: list[str] = []
+    profiles_written = False
 
     def unique(cell_id: str) -> str:
         base, k = cell_id, 2
@@ -245,6 +281,9 @@ def build_notebook(spec: AssignmentSpec) -> nbformat.NotebookNode:
             included.append(directives["include"])
             body = (spec.text_source.parent / directives["include"]).read_text()
             body = body.replace("{{ASSIGNMENT}}", spec.name)
+        if PROFILES_PLACEHOLDER in body:
+            body = body.replace(PROFILES_PLACEHOLDER, profiles_literal(spec))
+            profiles_written = True
         cell_id = unique(directives.get("id") or f"cell-{index}")
         meta = _nbgrader(cell_id, locked=True) if "locked" in directives else None
         cells.append(_code(body, cell_id, meta))
@@ -265,6 +304,9 @@ def build_notebook(spec: AssignmentSpec) -> nbformat.NotebookNode:
                          f"assignments/spec.py {spec.functions} (same names, same order)")
     if sorted(seen_reused) != sorted(spec.reused):
         raise BuildError(f"{spec.text_source}: reused functions {seen_reused} differ from {list(spec.reused)}")
+    if spec.profiles and not profiles_written:
+        raise BuildError(f"{spec.text_source}: no code cell takes the profiles of grader/course.toml "
+                         f"(write {PROFILES_PLACEHOLDER} where the SETTINGS dict goes)")
 
     nb = nbformat.v4.new_notebook()
     nb.nbformat, nb.nbformat_minor = 4, 5

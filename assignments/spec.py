@@ -1,16 +1,22 @@
 """The two assignments: where their text lives, which functions students write
 and how many points each is worth.
 
+The functions, their points and the reused cells are declared once, in the course
+manifest ``grader/course.toml`` (read through :func:`grader.functions.load_course`);
+this module adds where each assignment's files live.
+
 The *order* of the graded functions is the order of their cells in the
 notebook; the build checks that the text source asks for exactly these
-functions (and, when :mod:`grader.functions` is present, that the grader
-grades exactly these too).
+functions, and :func:`check_against_grader` that the grader has a reference
+for each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from grader.functions import load_course
 
 HERE = Path(__file__).resolve().parent
 COURSE_DIR = HERE / "course"
@@ -31,6 +37,11 @@ class AssignmentSpec:
     #: student pastes in (the two-stage detector needs the backbone, the
     #: locations and NMS from the one-stage assignment).
     reused: tuple[str, ...] = field(default=())
+    #: The notebook's settings profiles (``tiny``, ``cpu``, ``gpu``): ``{profile: {key: value}}``,
+    #: keys in notebook order, ``None`` where the manifest leaves a key out (TOML has no null).
+    profiles: dict[str, dict] = field(default_factory=dict)
+    #: How the settings literal groups the keys: one tuple per line of the notebook.
+    profile_lines: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def text_source(self) -> Path:
@@ -68,43 +79,30 @@ class AssignmentSpec:
         return self.total_points + self.overfit["points"]
 
 
-ASSIGNMENTS: dict[str, AssignmentSpec] = {
-    "one_stage": AssignmentSpec(
-        name="one_stage",
-        title="One-stage detection: FCOS",
-        points={
-            "DetectorBackboneWithFPN": 8,
-            "get_fpn_location_coords": 6,
-            "FCOSPredictionNetwork": 8,
-            "fcos_match_locations_to_gt": 14,
-            "fcos_get_deltas_from_locations": 6,
-            "fcos_apply_deltas_to_locations": 6,
-            "fcos_make_centerness_targets": 6,
-            "nms": 14,
-            "class_spec_nms": 6,
-            "FCOS": 26,
-        },
-    ),
-    "two_stage": AssignmentSpec(
-        name="two_stage",
-        title="Two-stage detection: Faster R-CNN",
-        points={
-            "flatten_anchor_predictions": 4,
-            "RPNPredictionNetwork": 6,
-            "generate_fpn_anchors": 8,
-            "iou": 6,
-            "rcnn_match_anchors_to_gt": 12,
-            "rcnn_get_deltas_from_anchors": 6,
-            "rcnn_apply_deltas_to_anchors": 6,
-            "sample_rpn_training": 8,
-            "RPN": 14,
-            "assign_rois_to_fpn_levels": 4,
-            "pool_roi_features": 8,
-            "FasterRCNN": 18,
-        },
-        reused=("DetectorBackboneWithFPN", "get_fpn_location_coords", "nms", "class_spec_nms"),
-    ),
-}
+def _profiles(name: str, entry: dict) -> dict[str, dict]:
+    """``[<name>.profiles.*]`` with every key of ``profile_lines``, in that order (left out = ``None``)."""
+    keys = [key for line in entry.get("profile_lines", []) for key in line]
+    profiles = {}
+    for profile, values in entry.get("profiles", {}).items():
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ValueError(f"grader/course.toml [{name}.profiles.{profile}]: {unknown} are not in profile_lines")
+        profiles[profile] = {key: values.get(key) for key in keys}
+    return profiles
+
+
+def _from_manifest(course: dict) -> dict[str, AssignmentSpec]:
+    """One :class:`AssignmentSpec` per assignment of the course manifest, in its order."""
+    return {
+        name: AssignmentSpec(name=name, title=entry["title"], points={f: int(p) for f, p in entry["functions"].items()},
+                             reused=tuple(entry["reused"]), profiles=_profiles(name, entry),
+                             profile_lines=tuple(tuple(line) for line in entry.get("profile_lines", [])))
+        for name, entry in course.items()
+    }
+
+
+#: Titles, graded functions (notebook order, points), reused cells and settings profiles, from ``grader/course.toml``.
+ASSIGNMENTS: dict[str, AssignmentSpec] = _from_manifest(load_course())
 
 
 def overfit_rubric(assignment: str) -> dict:
@@ -116,15 +114,20 @@ def overfit_rubric(assignment: str) -> dict:
 
 
 def check_against_grader() -> None:
-    """The grader grades exactly the functions listed here, in the same order."""
-    from grader.functions import DEPENDENCIES, STUDENT_FUNCTIONS
+    """The manifest's names are ones the grader can grade: each graded or reused name has a
+    reference module in :data:`grader.functions.REFERENCE_MODULES`, and each reused name is
+    graded by another assignment (whose visible checks and fixtures the build borrows)."""
+    from grader.functions import REFERENCE_MODULES
 
     for name, spec in ASSIGNMENTS.items():
-        if STUDENT_FUNCTIONS[name] != spec.functions:
-            raise ValueError(f"{name}: grader.functions.STUDENT_FUNCTIONS {STUDENT_FUNCTIONS[name]} "
-                             f"!= assignments/spec.py {spec.functions}")
-        if sorted(DEPENDENCIES[name]) != sorted(spec.reused):
-            raise ValueError(f"{name}: grader.functions.DEPENDENCIES {DEPENDENCIES[name]} != {list(spec.reused)}")
+        unknown = [f for f in [*spec.functions, *spec.reused] if f not in REFERENCE_MODULES]
+        if unknown:
+            raise ValueError(f"{name}: grader/course.toml names {unknown}, which grader.functions.REFERENCE_MODULES "
+                             "does not know")
+        graded_elsewhere = {f for other in ASSIGNMENTS.values() if other.name != name for f in other.functions}
+        orphans = [f for f in spec.reused if f not in graded_elsewhere]
+        if orphans:
+            raise ValueError(f"{name}: reused {orphans} are graded by no other assignment in grader/course.toml")
 
 
 def get(name: str) -> AssignmentSpec:

@@ -8,7 +8,8 @@ for students.  This module writes a separate wheel,
 * the ``data_utils`` package (data, training engine, evaluation, plots), and
 * the part of ``grader`` that runs the *visible* sanity checks on the
   student's machine (:data:`STUDENT_GRADER_MODULES`: ``grader.sanity`` and
-  what it imports, the ``grader.harness`` package included); the hidden checks (``grader/checks*.py``), the rubric,
+  what it imports, the ``grader.harness`` package included, and the course manifest ``grader/course.toml``
+  that ``grader.functions`` reads); the hidden checks (``grader/checks*.py``), the rubric,
   the sandbox and the grading code stay with the instructors.
 
 The sanity fixtures (expected values, no code) and ``course_tools.py``
@@ -52,6 +53,9 @@ PACKAGES = ("data_utils", "grader")
 STUDENT_GRADER_MODULES = ("__init__", "compare", "functions", "judges", "registry", "results", "sanity")
 #: Grader subpackages students get whole: the harness that runs the visible checks (``grader.harness``).
 STUDENT_GRADER_PACKAGES = ("harness",)
+#: Data files of ``grader`` students get: the course manifest ``grader.functions`` reads (public facts only;
+#: the rubric, with its check weights and thresholds, stays out).
+STUDENT_GRADER_DATA = ("course.toml",)
 #: Runtime requirements of data_utils (Colab already has all of them).
 REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
@@ -84,7 +88,8 @@ def _package_files() -> list[tuple[str, bytes]]:
             if package == "grader" and not is_student_grader_file(name):
                 continue
             files.append((name, path.read_bytes()))
-    return files
+    files += [(f"grader/{name}", (ROOT / "grader" / name).read_bytes()) for name in STUDENT_GRADER_DATA]
+    return sorted(files)
 
 
 def _record_hash(data: bytes) -> str:
@@ -138,6 +143,8 @@ def wheel_problems(path: Path) -> list[str]:
             if top not in PACKAGES and not top.endswith(".dist-info"):
                 problems.append(f"{name}: not part of the student package")
                 continue
+            if top == "grader" and not name.endswith(".py") and Path(name).name not in STUDENT_GRADER_DATA:
+                problems.append(f"{name}: grader file not meant for students")
             if not name.endswith(".py"):
                 continue
             text = archive.read(name).decode()

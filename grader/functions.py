@@ -4,6 +4,9 @@ This module is part of the grader's stable interface (the notebook builder
 reads it): it imports nothing from :mod:`solutions`, so it works on a
 student's machine too.
 
+The names and their order come from the course manifest ``grader/course.toml``
+(:func:`load_course`), the one place that declares them.
+
 * :data:`STUDENT_FUNCTIONS` -- for each assignment, the ordered names (functions
   and classes) whose bodies students write, in the order the notebook shows
   them.  Each is graded on its own (one nbgrader grade cell per name).
@@ -19,37 +22,30 @@ student's machine too.
 
 from __future__ import annotations
 
-ASSIGNMENTS: tuple[str, ...] = ("one_stage", "two_stage")
+import tomllib
+from pathlib import Path
+
+#: The course manifest: the graded names in notebook order, their points and the reused
+#: names of every assignment (see its header).  The student wheel ships it beside this module.
+COURSE_PATH = Path(__file__).resolve().parent / "course.toml"
+
+
+def load_course() -> dict:
+    """``grader/course.toml`` as a dict: ``{assignment: {"title", "reused", "functions": {name: points}}}``.
+
+    tomllib keeps the file's order, so ``functions`` iterates in notebook order.  A fresh dict
+    on every call (callers may change theirs).
+    """
+    with open(COURSE_PATH, "rb") as f:
+        return tomllib.load(f)
+
+
+_COURSE = load_course()
+
+ASSIGNMENTS: tuple[str, ...] = tuple(_COURSE)
 
 #: Names students implement, in notebook order.
-STUDENT_FUNCTIONS: dict[str, list[str]] = {
-    "one_stage": [
-        "DetectorBackboneWithFPN",
-        "get_fpn_location_coords",
-        "FCOSPredictionNetwork",
-        "fcos_match_locations_to_gt",
-        "fcos_get_deltas_from_locations",
-        "fcos_apply_deltas_to_locations",
-        "fcos_make_centerness_targets",
-        "nms",
-        "class_spec_nms",
-        "FCOS",
-    ],
-    "two_stage": [
-        "flatten_anchor_predictions",
-        "RPNPredictionNetwork",
-        "generate_fpn_anchors",
-        "iou",
-        "rcnn_match_anchors_to_gt",
-        "rcnn_get_deltas_from_anchors",
-        "rcnn_apply_deltas_to_anchors",
-        "sample_rpn_training",
-        "RPN",
-        "assign_rois_to_fpn_levels",
-        "pool_roi_features",
-        "FasterRCNN",
-    ],
-}
+STUDENT_FUNCTIONS: dict[str, list[str]] = {name: list(entry["functions"]) for name, entry in _COURSE.items()}
 
 #: ``name -> module`` of the reference implementation (import path).
 REFERENCE_MODULES: dict[str, str] = {
@@ -78,10 +74,8 @@ REFERENCE_MODULES: dict[str, str] = {
 }
 
 #: Names an assignment's code uses without grading them.
-DEPENDENCIES: dict[str, list[str]] = {
-    "one_stage": [],
-    "two_stage": ["DetectorBackboneWithFPN", "get_fpn_location_coords", "nms", "class_spec_nms"],
-}
+DEPENDENCIES: dict[str, list[str]] = {name: list(entry["reused"]) for name, entry in _COURSE.items()}
+
 
 #: Which names are classes (``nn.Module`` subclasses); the rest are functions.
 CLASSES: frozenset[str] = frozenset(

@@ -56,27 +56,14 @@ import torch
 
 from grader import _given
 from grader.harness import boot, wire
+from grader.rubric import default_limits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("auto", "bwrap", "fallback")
 
-#: Default per-check limits (overridden per check and by the rubric).
-DEFAULT_LIMITS = {
-    "wall_seconds": 30.0,
-    "cpu_seconds": 120.0,
-    "memory_mb": 3072,
-    "output_bytes": 64 << 10,
-    "output_hard_bytes": 16 << 20,
-    "file_bytes": 16 << 20,
-    "result_bytes": 512 << 20,
-    #: Total bytes the job may keep in its scratch folder (all files together).
-    "scratch_bytes": 256 << 20,
-    #: Processes (and threads) the unprivileged sandbox user may have at once.
-    "nproc": 256,
-    #: Seconds of oracle answers (computed in the grader's process) one job may use
-    #: beyond its own wall-clock limit.
-    "oracle_seconds": 30.0,
-}
+#: Default per-check limits: ``[limits.check]`` of ``grader/rubric.toml``, where each is explained
+#: (overridden per check and by the rubric a grading run loads).
+DEFAULT_LIMITS = default_limits()
 
 #: Size of the private ``/tmp`` inside bubblewrap (a tmpfs: memory outside RLIMIT_AS).
 BWRAP_TMP_BYTES = 64 << 20

@@ -176,9 +176,11 @@ def test_student_wheel_holds_data_utils_and_the_visible_check_runner_only(wheel)
         names = archive.namelist()
     tops = {n.split("/")[0] for n in names}
     assert {"data_utils", "grader"} <= tops and "solutions" not in tops
-    assert sorted(Path(n).stem for n in names if n.count("/") == 1 and n.startswith("grader/")) == sorted(STUDENT_GRADER_MODULES)
+    assert sorted(Path(n).stem for n in names if n.count("/") == 1 and n.startswith("grader/")
+                   and n.endswith(".py")) == sorted(STUDENT_GRADER_MODULES)
     harness = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "grader" / "harness").glob("*.py"))
     assert sorted(n for n in names if n.startswith("grader/harness/")) == harness
+    assert sorted(n for n in names if n.startswith("grader/") and not n.endswith(".py")) == ["grader/course.toml"]
     assert not any("checks" in n or "rubric" in n or "sandbox" in n for n in names)
 
 
