@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +122,19 @@ def existing_path(text: str) -> Path:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return path
+
+
+def one_of(names: Sequence[str], what: str = "assignment") -> Callable[[str], str]:
+    """An argparse ``type`` accepting only ``names`` (bad usage, exit 2, for any other).
+
+    For a ``nargs="*"`` positional, where ``choices=`` cannot be used: argparse 3.11 checks the
+    empty list given for no arguments against the choices and rejects it."""
+    allowed = tuple(names)
+
+    def check(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from {', '.join(allowed)}")
+        return text
+
+    check.__name__ = what  # argparse names the type in its messages
+    return check
