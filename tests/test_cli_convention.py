@@ -200,3 +200,13 @@ def test_a_failed_check_exits_1(monkeypatch: pytest.MonkeyPatch, capsys) -> None
     monkeypatch.setattr(assignments.build, "describe_drift", lambda problems: "\n".join(problems))
     assert main(["check"]) == EXIT_FAILURE
     assert "one_stage.ipynb differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), ([], EXIT_USAGE), (["frobnicate"], EXIT_USAGE)])
+def test_the_shell_entry_follows_the_same_statuses(argv: list[str], status: int) -> None:
+    """``./run``'s own usage handling (it never reaches the set-up for these)."""
+    import subprocess
+
+    proc = subprocess.run([str(ROOT / "run"), *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status
+    assert "./run main" in (proc.stdout if status == 0 else proc.stderr)
