@@ -30,6 +30,7 @@ import nbformat
 
 from assignments.extract import ROOT
 from assignments.spec import ASSIGNMENTS, COURSE_DIR, COURSE_ID
+from data_utils.cli_options import one_of
 from grader.markers import BEGIN_HIDDEN_WORDS, END_HIDDEN_WORDS, HIDDEN_REGION
 
 STUDENTS = {"reference": "ref", "release": "blank", "bug": "bug", "patcher": "patcher", "cross": "cross"}
@@ -445,15 +446,27 @@ def path_problems(report: AssignmentReport) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m assignments selftest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("assignments", nargs="*", default=list(ASSIGNMENTS))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m assignments selftest``; an unknown assignment is bad usage (exit 2)."""
+    parser.add_argument("assignments", nargs="*", type=one_of(ASSIGNMENTS), metavar="ASSIGNMENT",
+                        help=f"which of {', '.join(ASSIGNMENTS)} (default: all)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument("--parallel", action="store_true", help="both assignments at once, each in its own course copy")
     parser.add_argument("--paths", action="store_true",
                         help="also grade every submission with `grader batch` and the Gradescope bundle and compare "
                              "(adds a kernel-patching and a cross-assignment submission)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m assignments selftest``: 0 when the round trip gave the expected scores, 1 when not."""
+    parser = argparse.ArgumentParser(prog="python -m assignments selftest", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`selftest` as ``args`` (see :func:`add_arguments`) say and print its report."""
+    args.assignments = args.assignments or list(ASSIGNMENTS)
     reports = selftest(args.assignments, args.keep, parallel=args.parallel, paths=args.paths)
     status = 0
     for name, report in reports.items():

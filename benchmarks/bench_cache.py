@@ -1,6 +1,6 @@
 """Throughput of the uint8 tensor cache against decoding JPEGs, in one run.
 
-    python benchmarks/bench_cache.py [--voc-dir DIR] [--split train] [--epochs 3]
+    python benchmarks/bench_cache.py [--voc-root DIR] [--split train] [--epochs 3]
 
 Every path delivers what the training loop consumes: a shuffled, flipped,
 normalised float32 batch ``(B, 3, 224, 224)`` on the device, i.e. the output
@@ -23,12 +23,12 @@ default JPEG loader.  With CUDA the cache also runs from GPU memory.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
 from data_utils.cache import CachedVOC
+from data_utils.cli_options import add_voc_root
 from data_utils.loaders import build_loader, default_num_workers
 from data_utils.synthetic import ensure_embedded_dataset
 from data_utils.voc import VOCDetection, to_network_input
@@ -45,18 +45,24 @@ def epoch(loader, device: torch.device):
     return run
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-dir", type=Path, default=None, help="VOC2007 folder (default: the embedded dataset)")
+    add_voc_root(parser, deprecated=("--voc-dir",), help="VOC2007 folder (default: the embedded dataset)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3, help="timed rounds of every path (default: %(default)s)")
     add_timing_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.clock == "cpu":
         parser.error("--clock cpu does not see the time the JPEG loader's worker processes spend; use wall time")
     apply_threads(args)
-    voc_dir = args.voc_dir or ensure_embedded_dataset()
+    voc_dir = args.voc_root or ensure_embedded_dataset()
     dataset = VOCDetection(voc_dir, args.split, train=True)
     cpu = torch.device("cpu")
     workers = default_num_workers()

@@ -38,6 +38,7 @@ import copy
 import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
+from data_utils.cli_options import add_deprecated_alias, add_device
 from solutions.fcos import FCOS
 
 TRAIN_TARGET = 1.15
@@ -55,10 +56,12 @@ def random_gt(batch: int, size: int, generator: torch.Generator) -> torch.Tensor
         gt[b, :n, 4] = torch.randint(0, 20, (n,), generator=generator).float()
     return gt
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=16)
+    add_device(parser, default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    add_deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=int)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--fpn-channels", type=int, default=64)
     parser.add_argument("--stem-channels", type=int, nargs="+", default=[64, 64])
@@ -66,6 +69,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     add_timing_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     apply_threads(args)
     device = args.device
@@ -73,11 +81,11 @@ def main() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = FCOS(20, args.fpn_channels, args.stem_channels, weights=None).to(device)
-    images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
-    gt_boxes = random_gt(args.batch, args.size, generator).to(device)
+    images = torch.randn(args.batch_size, 3, args.size, args.size, generator=generator).to(device)
+    gt_boxes = random_gt(args.batch_size, args.size, generator).to(device)
     autocast = torch.autocast(device_type=device, dtype=torch.float16, enabled=args.amp)
     print(f"clock {args.clock}, torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, {args.size}x{args.size}, FPN {args.fpn_channels}, stem {args.stem_channels}, amp {args.amp}")
+          f"batch {args.batch_size}, {args.size}x{args.size}, FPN {args.fpn_channels}, stem {args.stem_channels}, amp {args.amp}")
 
     # ---- 1. training step
     model.train()
@@ -159,7 +167,7 @@ def main() -> None:
     (t_backbone, m_backbone), (t_network, m_network) = timings[:2]
     with torch.no_grad(), autocast:
         kept = sum(len(d.scores) for d in stressed.inference(images, **stress_args))
-    b = args.batch
+    b = args.batch_size
     print(f"forward: backbone+FPN {b / t_backbone:.1f} img/s ({t_backbone * 1e3:.1f} ms), "
           f"backbone+FPN+head {b / t_network:.1f} img/s ({t_network * 1e3:.1f} ms)")
     for name, (t, m), (t_post, _) in (("inference (defaults)", timings[2], timings[4]),

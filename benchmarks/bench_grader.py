@@ -63,12 +63,18 @@ def batch(assignment: str, folder: Path, n: int, jobs: int, full: bool) -> float
     return time.perf_counter() - start
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assignments", nargs="+", default=["one_stage", "two_stage"])
     parser.add_argument("--batch", type=int, default=4, help="submissions in the batch runs (0: skip)")
     parser.add_argument("--batch-assignment", default="one_stage")
     parser.add_argument("--full", action="store_true", help="include the overfit test in the batch runs")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     from grader.sandbox import detect_mode
 

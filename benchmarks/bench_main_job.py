@@ -46,6 +46,7 @@ import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
 from data_utils import main_job_figures
+from data_utils.cli_options import add_out
 from data_utils.engine import train_detector
 from data_utils.experiment import DETECTORS, PRESETS, build_detector, machine_description
 from data_utils.loaders import build_loader
@@ -151,7 +152,8 @@ def write_figures(runs: list[dict]) -> None:
     print(f"wrote {FIGURES_FILE}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=6, help="training iterations per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per recipe")
@@ -159,9 +161,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--parallel", type=int, default=1, help="main-job runs at a time (--full)")
-    parser.add_argument("--out", type=Path, default=None, help="folder of the --full runs (default: a temp folder)")
+    add_out(parser, help="folder of the --full runs (default: a temp folder)")
     parser.add_argument("--write", action="store_true", help="record the --full runs in data_utils/main_job_figures.py")
     add_timing_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     full(args) if args.full else per_iteration(args)
 

@@ -21,6 +21,7 @@ import torch
 import torchvision
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
+from data_utils.cli_options import add_device
 from solutions.non_max_suppression import nms
 
 TARGET_RATIO = 2.0
@@ -32,13 +33,19 @@ def course_boxes(n: int, generator: torch.Generator, device: str) -> tuple[torch
     scores = torch.rand(n, generator=generator)
     return torch.cat([xy, xy + wh], dim=1).to(device), scores.to(device)
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device(parser, default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--repeats", type=int, default=15)
     add_timing_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     apply_threads(args)
 

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from data_utils.cli_options import add_deprecated_alias, add_device
 from solutions.backbone import DetectorBackboneWithFPN
 from solutions.faster_rcnn import FasterRCNN
 from solutions.rpn import RPN
@@ -59,16 +60,23 @@ def median_seconds(fn, warmup: int, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=16)
+    add_device(parser, default="cpu", choices=["cpu", "cuda"], help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    add_deprecated_alias(parser, "--batch", "--batch-size", "batch_size", type=int)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--fpn-channels", type=int, default=128, help="the course's full-training setting")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA) / bfloat16 (CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,8 +92,8 @@ def main(argv=None) -> None:
         batch_size_per_image=32,
     ).to(device)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
-    gt = random_gt(args.batch, args.size, generator).to(device)
+    images = torch.randn(args.batch_size, 3, args.size, args.size, generator=generator).to(device)
+    gt = random_gt(args.batch_size, args.size, generator).to(device)
     strides = model.backbone.fpn_strides
 
     def autocast():
@@ -130,11 +138,11 @@ def main(argv=None) -> None:
         timings[name] = median_seconds(fn, args.warmup, args.repeats, device)
 
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"Faster R-CNN, batch {args.batch} at {args.size}x{args.size}, FPN {channels}, "
+    print(f"Faster R-CNN, batch {args.batch_size} at {args.size}x{args.size}, FPN {channels}, "
           f"{'AMP' if args.amp else 'float32'}, {name}; median of {args.repeats}")
     print("training (forward + backward):")
     for key in ("backbone", "rpn step", "full step"):
-        print(f"  {key:<10} {timings[key] * 1000:9.1f} ms   {args.batch / timings[key]:7.1f} img/s")
+        print(f"  {key:<10} {timings[key] * 1000:9.1f} ms   {args.batch_size / timings[key]:7.1f} img/s")
     full, rpn, backbone = timings["full step"], timings["rpn step"], timings["backbone"]
     print(f"  full step / backbone + FPN:      {full / backbone:5.2f}x")
     print(f"  RPN's share of the full step:    {(rpn - backbone) / full:6.1%}")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))  # for tests.devkit_oracle when run as a script
 
 import numpy as np  # noqa: E402  (after the sys.path entry above)
 
+from data_utils.cli_options import add_seed  # noqa: E402  (after the sys.path entry above)
 from data_utils.voc_eval import evaluate_detections  # noqa: E402  (after the sys.path entry above)
 from tests.devkit_oracle import devkit_eval, random_case  # noqa: E402  (after the sys.path entry above)
 
@@ -44,12 +45,18 @@ def median_time(fn, repeats: int) -> tuple[float, float, object]:
     return statistics.median(wall), statistics.median(cpu), out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (the shared convention of data_utils/cli_options.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2510)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed(parser, default=0, help="seed of the random detections (default: %(default)s)")
     parser.add_argument("--no-oracle", action="store_true", help="skip the slow literal devkit")
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)

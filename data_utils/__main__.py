@@ -18,6 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+from data_utils.cli_options import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_data_root,
+    add_device,
+    add_no_progress,
+    add_out,
+    add_seed,
+    add_voc_root,
+    existing_path,
+)
+
 
 def _summary_table(results: dict[str, dict]) -> str:
     lines = ["| detector | VOC07 mAP | all-point mAP | iterations | final loss | train s | infer img/s |",
@@ -28,33 +40,35 @@ def _summary_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_main(argv: list[str]) -> int:
+def add_main_arguments(parser: argparse.ArgumentParser) -> None:
+    from data_utils.experiment import DETECTORS
+
+    add_out(parser, default=Path("outputs/main"), help="output folder (default: %(default)s)")
+    add_data_root(parser, deprecated=("--data",),
+                  help="where the embedded dataset lives (default: $COURSE_DATA/embedded or ~/.cache/detection-course/embedded)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
+    add_device(parser)
+    add_seed(parser, help="seed of the initialisation, the shuffling and the flips (default: the preset's, 0)")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default=None,
+                        help="memory format of the training step (default: the preset's, channels_last; "
+                             "benchmarks/bench_main_job.py compares the two)")
+    add_no_progress(parser, help="no progress bars; one line when each long stage starts and ends, for logs")
+
+
+def cmd_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Train and evaluate both reference detectors on the embedded offline dataset (CPU-sized)."""
     from data_utils import main_job_figures
     from data_utils.experiment import DETECTORS, preset_with, run_experiment
     from data_utils.synthetic import ensure_embedded_dataset, format_summary, summarize
 
-    parser = argparse.ArgumentParser(prog="python -m data_utils main", description=cmd_main.__doc__)
-    parser.add_argument("--out", type=Path, default=Path("outputs/main"), help="output folder (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="where the embedded dataset lives (default: $COURSE_DATA/embedded or ~/.cache/detection-course/embedded)")
-    parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated subset of %(default)s")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the initialisation, the shuffling and the flips (default: the preset's, 0)")
-    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default=None,
-                        help="memory format of the training step (default: the preset's, channels_last; "
-                             "benchmarks/bench_main_job.py compares the two)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars; one line when each long stage starts and ends, for logs")
-    args = parser.parse_args(argv)
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         parser.error(f"unknown detector(s) {unknown}; choose from {list(DETECTORS)}")
 
     started = time.perf_counter()
-    voc_dir = ensure_embedded_dataset(args.data)
+    voc_dir = ensure_embedded_dataset(args.data_root)
     print(f"embedded dataset: {voc_dir} (ready in {time.perf_counter() - started:.1f} s)")
     print(format_summary(summarize(voc_dir)))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,34 +94,35 @@ def cmd_main(argv: list[str]) -> int:
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
     print("\n" + table)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; everything is in {args.out}/")
-    return 0
+    return EXIT_OK
 
 
-cmd_main.__doc__ = "Train and evaluate both reference detectors on the embedded offline dataset (CPU-sized)."
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from data_utils.experiment import PRESETS
 
-
-def cmd_train(argv: list[str]) -> int:
-    from data_utils.download import ensure_voc2007
-    from data_utils.experiment import PRESETS, preset_with, run_experiment
-    from data_utils.synthetic import ensure_embedded_dataset
-
-    parser = argparse.ArgumentParser(prog="python -m data_utils train",
-                                     description="Train and evaluate one reference detector with a preset.")
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--voc-root", type=Path, default=None,
-                        help="existing VOCdevkit or VOC2007 folder (default: $VOC_ROOT, else download)")
-    parser.add_argument("--data-root", type=Path, default=None, help="download/extract VOC here")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<preset>)")
+    add_voc_root(parser, help="existing VOCdevkit or VOC2007 folder (default: $VOC_ROOT, else download)")
+    add_data_root(parser, help="download/extract VOC here")
+    add_out(parser, help="output folder (default: outputs/<preset>)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--device", default=None)
+    add_device(parser)
+    add_seed(parser, help="seed of the initialisation, the shuffling and the flips (default: the preset's, 0)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--eval-split", default="val")
     parser.add_argument("--no-cache", action="store_true", help="decode JPEGs every epoch instead of caching tensors")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    preset = preset_with(args.preset, max_iters=args.iters, lr=args.lr, batch_size=args.batch_size)
+    add_no_progress(parser)
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Train and evaluate one reference detector with a preset."""
+    from data_utils.download import ensure_voc2007
+    from data_utils.experiment import preset_with, run_experiment
+    from data_utils.synthetic import ensure_embedded_dataset
+
+    preset = preset_with(args.preset, max_iters=args.iters, lr=args.lr, batch_size=args.batch_size,
+                         seed=args.seed)
     if args.preset.endswith("-embedded"):
         voc_dir = ensure_embedded_dataset()
     else:
@@ -117,7 +132,7 @@ def cmd_train(argv: list[str]) -> int:
                              device=args.device, cache=not args.no_cache, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class_ap"}, indent=2))
     print((out / "ap_table.txt").read_text())
-    return 0
+    return EXIT_OK
 
 
 def _write_samples(voc_dir: Path, split: str, path: Path, num: int = 8) -> None:
@@ -134,40 +149,65 @@ def _write_samples(voc_dir: Path, split: str, path: Path, num: int = 8) -> None:
     plt.close(fig)
 
 
-def cmd_samples(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_utils samples", description="Draw images with their boxes.")
-    parser.add_argument("voc_dir", type=Path, help="a VOC2007 folder")
+def add_samples_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("voc_dir", type=existing_path, help="a VOC2007 folder")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--out", type=Path, default=Path("outputs/samples.png"))
+    add_out(parser, default=Path("outputs/samples.png"), help="the picture (default: %(default)s)")
     parser.add_argument("--num", type=int, default=8)
-    args = parser.parse_args(argv)
+
+
+def cmd_samples(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Draw images with their boxes."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _write_samples(args.voc_dir, args.split, args.out, args.num)
     print(args.out)
-    return 0
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from data_utils.synthetic import run
+
+    return run(args)
+
+
+def cmd_download(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from data_utils.download import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (subcommands, the convention of :mod:`data_utils.cli_options`)."""
+    from data_utils import download, synthetic
+
+    parser = argparse.ArgumentParser(prog="python -m data_utils", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add, run, description in (
+        ("main", add_main_arguments, cmd_main, cmd_main.__doc__),
+        ("train", add_train_arguments, cmd_train, cmd_train.__doc__),
+        ("generate", synthetic.add_arguments, cmd_generate, synthetic.DESCRIPTION),
+        ("download", download.add_arguments, cmd_download, download.DESCRIPTION),
+        ("samples", add_samples_arguments, cmd_samples, cmd_samples.__doc__),
+    ):
+        command = sub.add_parser(name, description=description)
+        add(command)
+        command.set_defaults(run=run, subparser=command)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 when it did its work, 1 when it failed (bad dataset, failed download,
+    non-finite loss), 2 (argparse's SystemExit) for bad usage."""
     from data_utils.engine import NonFiniteLossError
     from data_utils.errors import DatasetError, DownloadError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"main": cmd_main, "train": cmd_train, "samples": cmd_samples}
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands | {"generate": 0, "download": 0}:
-        print(__doc__.strip())
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    command, rest = argv[0], argv[1:]
+    args = build_parser().parse_args(argv)
     try:
-        if command == "generate":
-            from data_utils.synthetic import main as generate_main
-            return generate_main(rest)
-        if command == "download":
-            from data_utils.download import main as download_main
-            return download_main(rest)
-        return commands[command](rest)
+        return args.run(args, args.subparser)
     except (DatasetError, DownloadError, FileNotFoundError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

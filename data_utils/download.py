@@ -52,6 +52,7 @@ from typing import Any, BinaryIO
 from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_write_text
+from data_utils.cli_options import EXIT_FAILURE, EXIT_OK, add_data_root, add_no_progress, add_voc_root
 from data_utils.errors import DatasetError, DownloadError
 
 logger = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def _copy_body(
     try:
         out = open(part, mode)
     except OSError as exc:
-        raise DownloadError(f"Cannot write {part}: {exc}. Choose another root (--root / COURSE_DATA).") from exc
+        raise DownloadError(f"Cannot write {part}: {exc}. Choose another root (--data-root / COURSE_DATA).") from exc
     with out, tqdm(
         total=total,
         initial=offset,
@@ -390,7 +391,7 @@ def _copy_body(
             except OSError as exc:
                 raise DownloadError(
                     f"Cannot write {part}: {exc}. Free some disk space or choose another root "
-                    f"(--root / COURSE_DATA)."
+                    f"(--data-root / COURSE_DATA)."
                 ) from exc
             received += len(chunk)
             bar.update(len(chunk))
@@ -657,43 +658,43 @@ def ensure_voc2007(
     return check_voc2007(voc2007_dir(root), splits=splits)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m data_utils download [--root DIR] [--voc-root DIR] [--test] [--no-progress]``.
+#: What ``python -m data_utils download`` does, for its ``--help``.
+DESCRIPTION = ("Download, verify and extract PASCAL VOC 2007, or check an existing copy; "
+               "prints the VOCdevkit/VOC2007 directory.")
 
-    ``argv`` is the argument list *after* ``download`` (default ``sys.argv[1:]``).
-    Prints the VOC2007 directory and returns 0; on a :class:`DatasetError` or
-    :class:`DownloadError` prints the message to stderr and returns 1.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m data_utils download",
-        description="Download, verify and extract PASCAL VOC 2007, or check an existing copy; "
-        "prints the VOCdevkit/VOC2007 directory.",
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help=f"where to download and extract (default: ${COURSE_DATA_ENV} or {DEFAULT_ROOT})",
-    )
-    parser.add_argument(
-        "--voc-root",
-        type=Path,
-        default=None,
-        help=f"use this existing VOCdevkit or VOC2007 directory instead (default: ${VOC_ROOT_ENV})",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m data_utils download`` (the convention of :mod:`data_utils.cli_options`)."""
+    add_data_root(parser, help=f"where to download and extract (default: ${COURSE_DATA_ENV} or {DEFAULT_ROOT})",
+                  deprecated=("--root",))
+    add_voc_root(parser, help=f"use this existing VOCdevkit or VOC2007 directory instead (default: ${VOC_ROOT_ENV})")
     parser.add_argument("--test", action="store_true", help="also fetch the test set archive")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    args = parser.parse_args(argv)
+    add_no_progress(parser, help="do not show a progress bar")
 
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch or check VOC 2007 as ``args`` say (see :func:`add_arguments`): prints the VOC2007
+    directory and returns 0; on a :class:`DatasetError` or :class:`DownloadError` prints the
+    message to stderr and returns 1."""
     try:
         path = ensure_voc2007(
-            args.root,
+            args.data_root,
             voc_root=args.voc_root,
             archives=("trainval", "test") if args.test else ("trainval",),
             progress=not args.no_progress,
         )
     except (DatasetError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(path)
-    return 0
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m data_utils download [--data-root DIR] [--voc-root DIR] [--test] [--no-progress]``: :func:`run`.
+
+    ``argv`` is the argument list *after* ``download`` (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m data_utils download", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

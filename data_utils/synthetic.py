@@ -104,6 +104,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_utils.cli_options import EXIT_FAILURE, EXIT_OK, add_data_root, add_no_progress, add_seed
 from data_utils.errors import DatasetError
 
 __all__ = [
@@ -114,12 +115,14 @@ __all__ = [
     "GENERATOR_VERSION",
     "MARKER_NAME",
     "ObjectAnnotation",
+    "add_arguments",
     "default_embedded_root",
     "ensure_embedded_dataset",
     "format_summary",
     "generate_dataset",
     "main",
     "render_image",
+    "run",
     "summarize",
 ]
 
@@ -130,6 +133,8 @@ MARKER_NAME: str = "embedded_dataset.json"
 DEFAULT_NUM_TRAIN: int = 256
 DEFAULT_NUM_VAL: int = 96
 DEFAULT_NUM_TEST: int = 96
+#: What ``python -m data_utils generate`` does, for its ``--help``.
+DESCRIPTION = "Generate the embedded offline VOC2007-style dataset (deterministic)."
 #: JPEG quality of every written image (fixed: part of the determinism contract).
 JPEG_QUALITY: int = 90
 
@@ -1076,49 +1081,54 @@ def format_summary(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m data_utils generate [--root DIR] [--seed N] [--num-train N] ...``.
-
-    Generates (or finds) the embedded dataset, prints its ``VOC2007`` path and a
-    summary; returns 0, or 2 with a message on stderr when the dataset cannot be
-    generated.  A leading ``generate`` in ``argv`` is optional.
-    """
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "generate":
-        args_list = args_list[1:]
-    parser = argparse.ArgumentParser(
-        prog="python -m data_utils generate",
-        description="Generate the embedded offline VOC2007-style dataset (deterministic).",
-    )
-    parser.add_argument("--root", type=Path, default=None, help="default: $COURSE_DATA/embedded or ~/.cache/detection-course/embedded")
-    parser.add_argument("--seed", type=int, default=0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m data_utils generate`` (the shared convention of :mod:`data_utils.cli_options`)."""
+    add_data_root(parser, help="generate into DIR (default: $COURSE_DATA/embedded or ~/.cache/detection-course/embedded)",
+                  deprecated=("--root",))
+    add_seed(parser, default=0, help="seed of the generated images (default: %(default)s)")
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with other parameters")
     parser.add_argument("--workers", type=int, default=None, help="threads drawing images (default: one per CPU, at most 4)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    args = parser.parse_args(args_list)
+    add_no_progress(parser, keep_progress=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate (or find) the embedded dataset of ``args`` (see :func:`add_arguments`), print its
+    ``VOC2007`` path and a summary; 0, or 1 with a message on stderr when it cannot be generated."""
     start = time.perf_counter()
     try:
         path = ensure_embedded_dataset(
-            args.root,
+            args.data_root,
             num_train=args.num_train,
             num_val=args.num_val,
             num_test=args.num_test,
             seed=args.seed,
             overwrite=args.overwrite,
-            progress=args.progress,
+            progress=not args.no_progress,
             workers=args.workers,
         )
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     elapsed = time.perf_counter() - start
     print(path)
     print(f"ready in {elapsed:.1f} s")
     print(format_summary(summarize(path)))
-    return 0
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m data_utils generate [--data-root DIR] [--seed N] [--num-train N] ...``: :func:`run`.
+
+    A leading ``generate`` in ``argv`` is optional."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "generate":
+        args_list = args_list[1:]
+    parser = argparse.ArgumentParser(prog="python -m data_utils generate", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(args_list))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -520,7 +520,7 @@ def test_main_downloads_trainval_and_test(
     }
     monkeypatch.setattr(download, "ARCHIVES", table)
 
-    assert main(["--root", str(tmp_path), "--test", "--no-progress"]) == 0
+    assert main(["--data-root", str(tmp_path), "--test", "--no-progress"]) == 0
 
     voc = assert_extracted(tmp_path)
     assert capsys.readouterr().out.strip() == str(voc)
@@ -536,7 +536,7 @@ def test_main_reports_failure_with_exit_status_1(
     url = mirror.url("/missing" + PATH)
     monkeypatch.setattr(download, "ARCHIVES", trainval_table(url))
 
-    assert main(["--root", str(tmp_path), "--no-progress"]) == 1
+    assert main(["--data-root", str(tmp_path), "--no-progress"]) == 1
 
     captured = capsys.readouterr()
     assert captured.out == ""

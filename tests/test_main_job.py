@@ -25,7 +25,7 @@ PER_DETECTOR = ("loss_curve.png", "detections.png", "class_ap.png", "precision_r
 
 def test_main_job_trains_evaluates_and_writes_everything(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["main", "--iters", "2", "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress",
+    code = main(["main", "--iters", "2", "--data-root", str(tmp_path / "data"), "--out", str(out), "--no-progress",
                  "--device", "cpu"])
     assert code == 0
     captured = capsys.readouterr()

@@ -374,13 +374,14 @@ def test_ensure_respects_course_data(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--root", str(tmp_path), "--num-train", "8", "--num-val", "8", "--num-test", "2", "--workers", "1"]
+    args = ["--data-root", str(tmp_path), "--num-train", "8", "--num-val", "8", "--num-test", "2", "--workers", "1"]
     assert synthetic.main(["generate", *args, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "VOCdevkit" / "VOC2007") in out.splitlines()[0]
     for word in ("18 images", "difficult", "p3", "p4", "p5", *EMBEDDED_CLASSES):
         assert word in out
-    assert synthetic.main([*args[:2], "--num-train", "9", "--no-progress"]) == 2
+    # A dataset that cannot be generated (another one is there) is a failure, 1, not bad usage.
+    assert synthetic.main([*args[:2], "--num-train", "9", "--no-progress"]) == 1
     assert "overwrite" in capsys.readouterr().err
 
 
