@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_torch_save
+from data_utils.download import default_root
 from data_utils.errors import DatasetError
 from data_utils.types import GroundTruth
 from data_utils.voc import VOCDetection, hflip, hflip_boxes, normalize_uint8
@@ -28,9 +29,9 @@ Batch = tuple[list[str], torch.Tensor, torch.Tensor]
 
 
 def default_cache_dir() -> Path:
-    """``$COURSE_DATA/cache`` or ``~/.cache/detection-course/cache``."""
-    base = os.environ.get("COURSE_DATA") or Path.home() / ".cache" / "detection-course"
-    return Path(base) / "cache"
+    """``cache`` under the course's data folder (:func:`data_utils.download.default_root`:
+    ``$COURSE_DATA``, else ``~/.cache/detection-course``)."""
+    return default_root() / "cache"
 
 
 def dataset_fingerprint(dataset: VOCDetection) -> str:

@@ -105,6 +105,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_utils.cli_options import EXIT_FAILURE, EXIT_OK, add_data_root, add_no_progress, add_seed
+from data_utils.download import default_root
 from data_utils.errors import DatasetError
 
 __all__ = [
@@ -908,11 +909,9 @@ def _readable_by_others(folder: Path) -> Path:
 
 
 def default_embedded_root() -> Path:
-    """``$COURSE_DATA/embedded`` if ``COURSE_DATA`` is set, else ``~/.cache/detection-course/embedded``."""
-    base = os.environ.get("COURSE_DATA")
-    if base:
-        return Path(base).expanduser() / "embedded"
-    return Path.home() / ".cache" / "detection-course" / "embedded"
+    """``embedded`` under the course's data folder (:func:`data_utils.download.default_root`:
+    ``$COURSE_DATA``, else ``~/.cache/detection-course``)."""
+    return default_root() / "embedded"
 
 
 def ensure_embedded_dataset(root: Path | str | None = None, **params: Any) -> Path:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from data_utils.conventions import FPN_STRIDES
 from grader.compare import Verdict
 from grader.functions import CLASSES, DEPENDENCIES, all_names, reference
 from grader.harness import procedures
@@ -206,7 +207,7 @@ def level_shapes(batch: int, channels: int, height: int, width: int, strides=Non
     return {lvl: (batch, channels, math.ceil(height / s), math.ceil(width / s)) for lvl, s in strides.items()}
 
 
-STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+STRIDES = FPN_STRIDES  # the one definition, in the conventions page
 
 
 # ---------------------------------------------------------------------------

@@ -40,11 +40,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from data_utils.conventions import FPN_STRIDES
 from grader.functions import CLASSES, STUDENT_FUNCTIONS
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult
 from grader.rubric import limits_for
 
-STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+STRIDES = FPN_STRIDES  # the one definition, in the conventions page
 
 
 def overfit_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor]:

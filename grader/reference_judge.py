@@ -28,6 +28,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from data_utils.voc import IMAGENET_MEAN, IMAGENET_STD
+
 #: Which detector each assignment trains, and the names a checkpoint's ``model_config["detector"]`` may use for it.
 DETECTOR_NAMES = {"FCOS": ("fcos", "FCOS", "one_stage"), "FasterRCNN": ("faster_rcnn", "FasterRCNN", "two_stage")}
 
@@ -120,10 +122,6 @@ def load_reference(kind: str, config: dict, student_state: dict) -> tuple[nn.Mod
     state, notes = match_state_dict(model.state_dict(), student_state)
     model.load_state_dict(state, strict=True)
     return model.eval(), notes
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from data_utils.atomic import atomic_torch_save
+from data_utils.conventions import FPN_STRIDES
 from grader.compare import Verdict, close, compare_tree, rel_error
 from grader.functions import STUDENT_FUNCTIONS, check_assignment
 from grader.harness import procedures
@@ -47,7 +48,7 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_VERSION = 1
 #: What a fixture is generated from: the cases (this module) and the expected values (the reference).
 FIXTURE_SOURCES = ("grader/sanity.py", "solutions/")
-STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+STRIDES = FPN_STRIDES  # the one definition, in the conventions page
 
 
 @dataclass

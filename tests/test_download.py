@@ -541,3 +541,20 @@ def test_main_reports_failure_with_exit_status_1(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert url in captured.err and "404" in captured.err
+
+
+@pytest.mark.parametrize("value", ["~/course-data", ""])
+def test_every_default_data_folder_is_under_the_one_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 value: str) -> None:
+    """The download, the embedded dataset and the tensor cache default to one folder, ``~`` expanded
+    (the cache used to take ``$COURSE_DATA`` literally, so ``~/course-data`` made a folder named ``~``)."""
+    from data_utils.cache import default_cache_dir
+    from data_utils.download import default_root
+    from data_utils.synthetic import default_embedded_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("COURSE_DATA", value)
+    root = tmp_path / "course-data" if value else tmp_path / ".cache" / "detection-course"
+    assert default_root() == root
+    assert default_embedded_root() == root / "embedded"
+    assert default_cache_dir() == root / "cache"

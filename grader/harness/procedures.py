@@ -159,12 +159,10 @@ def proc_fpn_permutations(ns, spec, devices):
     return result
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def _normalize(images_uint8, device):
     import torch
+
+    from data_utils.voc import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the sandbox provides data_utils)
 
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
