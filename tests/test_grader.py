@@ -221,6 +221,14 @@ def test_a_folder_submission_and_a_py_module(tmp_path):
 def test_comparison_helpers():
     assert rel_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
     assert rel_error(torch.tensor([1.0]), torch.tensor([3.0])) == pytest.approx(0.5)
+    # The course's definition, max over max: a small entry off by 1e-3 next to a large one is a small
+    # error (the elementwise form said 0.333 here, while the notebooks printed 5e-06).
+    assert rel_error(torch.tensor([1e-3, 100.0]), torch.tensor([2e-3, 100.0])) == pytest.approx(1e-3 / 200)
+    assert rel_error([float("nan"), 1.0], [float("nan"), 1.0]) == 0.0
+    assert rel_error([float("inf"), 1.0], [float("inf"), 1.0]) == 0.0
+    assert rel_error([float("nan"), 1.0], [0.0, 1.0]) == 1.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        rel_error(torch.zeros(2), torch.zeros(3))
     verdict = check_not_mutated({"args": [torch.ones(2)]}, {"args": [torch.zeros(2)]}, ["deltas"])
     assert not verdict.passed and "deltas" in verdict.message
 
