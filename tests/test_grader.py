@@ -229,6 +229,11 @@ def test_comparison_helpers():
     assert rel_error([float("nan"), 1.0], [0.0, 1.0]) == 1.0
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(torch.zeros(2), torch.zeros(3))
+    # The notebooks' rel_error is this one: one comparison, one number.
+    from data_utils.course_tools import rel_error as notebook_rel_error
+
+    for x, y in [([1e-3, 100.0], [2e-3, 100.0]), ([float("nan"), 1.0], [0.0, 1.0]), ([[1.0, -2.0]], [[1.5, -2.0]])]:
+        assert notebook_rel_error(x, y) == rel_error(x, y)
     verdict = check_not_mutated({"args": [torch.ones(2)]}, {"args": [torch.zeros(2)]}, ["deltas"])
     assert not verdict.passed and "deltas" in verdict.message
 
