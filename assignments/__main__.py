@@ -1,8 +1,8 @@
 """Command line: ``python -m assignments <command>``.
 
 Commands:
-  build [ASG ...]          regenerate the nbgrader source folders (notebooks, course_tools.py,
-                           sanity fixtures, student wheel) from assignments/src/ and solutions/
+  build [ASG ...]          regenerate the nbgrader source folders (notebooks, sanity fixtures,
+                           student wheel) from assignments/src/ and solutions/
   check                    fail if the committed source folders differ from a fresh build
   student-package [--out DIR]
                            write the student wheel (data_utils only, no reference solutions)

@@ -24,11 +24,11 @@ Inputs (the only files a person edits):
 
   Markdown cells become read-only nbgrader cells.
 * ``solutions/*.py``: each function written once.
-* ``assignments/course_tools.py``: the student-side helper, copied next to
-  every notebook.
 
-Outputs (committed, checked for drift in CI): ``<asg>.ipynb``,
-``course_tools.py`` and the sanity fixture (``<asg>_sanity.pt``, written by
+The notebooks' helpers (``data_utils.course_tools``) are not copied: they
+come with the student package.
+
+Outputs (committed, checked for drift in CI): ``<asg>.ipynb`` and the sanity fixture (``<asg>_sanity.pt``, written by
 :func:`grader.sanity.export_sanity_fixtures`).  The student package wheel
 (``detection_course_student-*.whl``) is written next to them but not
 committed (see :mod:`assignments.student_package`).
@@ -46,7 +46,7 @@ import jupytext
 import nbformat
 
 from assignments import extract
-from assignments.spec import ASSIGNMENTS, HERE, SOURCE_DIR, TOOLS_MODULE, AssignmentSpec
+from assignments.spec import ASSIGNMENTS, HERE, SOURCE_DIR, AssignmentSpec
 from grader.markers import BEGIN_HIDDEN_TESTS, END_HIDDEN_TESTS, strip_hidden_tests
 
 SCHEMA_VERSION = 3
@@ -389,9 +389,6 @@ def build_assignment(spec: AssignmentSpec, out_dir: Path | None = None, *, wheel
     nb_path = out_dir / spec.notebook_name
     write_notebook(build_notebook(spec), nb_path)
     written.append(nb_path)
-    tools = out_dir / f"{TOOLS_MODULE}.py"
-    shutil.copyfile(HERE / f"{TOOLS_MODULE}.py", tools)
-    written.append(tools)
     if fixtures:
         written += export_fixtures(spec, out_dir)
     if wheel:
@@ -471,7 +468,7 @@ def build(names: list[str] | None = None, out_root: Path | None = None, **kwargs
 
 def committed_files(spec: AssignmentSpec) -> list[str]:
     """Names of the generated files that are committed for one assignment."""
-    return [spec.notebook_name, f"{TOOLS_MODULE}.py"] + [fixture_name(a) for a in fixture_assignments(spec)]
+    return [spec.notebook_name] + [fixture_name(a) for a in fixture_assignments(spec)]
 
 
 def _same_fixture(a: Path, b: Path) -> bool:

@@ -2,19 +2,23 @@
 
 A student gets only the release folder (``nbgrader generate_assignment``'s
 ``release/<assignment>/``).  Its first cell installs the student package from
-the wheel in that folder (on Colab), then needs ``course_tools.py`` and the
-sanity fixtures next to the notebook.  :func:`release_problems` lists what is
-missing or wrong; ``python -m assignments selftest`` runs it on the release
-it generates.
+the wheel in that folder (on Colab), which holds the helpers the notebook
+imports (``data_utils.course_tools``), then needs the sanity fixtures next to
+the notebook.  :func:`release_problems` lists what is missing or wrong;
+``python -m assignments selftest`` runs it on the release it generates.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import nbformat
 
-from assignments.spec import ASSIGNMENTS, HERE, TOOLS_MODULE
+from assignments.spec import ASSIGNMENTS
+
+#: The notebooks' helpers (``from data_utils.course_tools import ...``), inside the student wheel.
+HELPERS_FILE = "data_utils/course_tools.py"
 
 
 def release_problems(folder: Path, assignment: str) -> list[str]:
@@ -34,11 +38,6 @@ def release_problems(folder: Path, assignment: str) -> list[str]:
         cells = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
         if not cells or f'ASSIGNMENT = "{assignment}"' not in cells[0].source or "detection_course_student-" not in cells[0].source:
             problems.append(f"{notebook.name}: the first code cell is not the set-up cell")
-    tools = folder / f"{TOOLS_MODULE}.py"
-    if not tools.is_file():
-        problems.append(f"{tools.name} is missing (the notebook imports it)")
-    elif tools.read_bytes() != (HERE / f"{TOOLS_MODULE}.py").read_bytes():
-        problems.append(f"{tools.name} differs from assignments/{TOOLS_MODULE}.py: run `{BUILD_COMMAND}`")
     for owner in fixture_assignments(spec):
         if not (folder / fixture_name(owner)).is_file():
             problems.append(f"{fixture_name(owner)} is missing (the sanity checks read it)")
@@ -52,4 +51,7 @@ def release_problems(folder: Path, assignment: str) -> list[str]:
         if wheels[0].name != wheel_name():
             problems.append(f"{wheels[0].name}: expected {wheel_name()} (the package version changed)")
         problems += [f"{wheels[0].name}: {p}" for p in wheel_problems(wheels[0])]
+        with zipfile.ZipFile(wheels[0]) as archive:
+            if HELPERS_FILE not in archive.namelist():
+                problems.append(f"{wheels[0].name} lacks {HELPERS_FILE} (the notebook imports it): run `{BUILD_COMMAND}`")
     return problems

@@ -23,8 +23,6 @@ COURSE_DIR = HERE / "course"
 SOURCE_DIR = COURSE_DIR / "source"
 TEXT_DIR = HERE / "src"
 COURSE_ID = "detection-course"
-#: Student-side helper module copied next to every notebook (imports only data_utils-free code).
-TOOLS_MODULE = "course_tools"
 
 
 @dataclass(frozen=True)

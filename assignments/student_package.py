@@ -5,15 +5,16 @@ answers) and ``grader`` too, which is right for instructors and CI and wrong
 for students.  This module writes a separate wheel,
 ``detection_course_student-<version>-py3-none-any.whl``, that contains
 
-* the ``data_utils`` package (data, training engine, evaluation, plots), and
+* the ``data_utils`` package (data, training engine, evaluation, plots, and
+  the notebooks' helpers ``data_utils.course_tools``), and
 * the part of ``grader`` that runs the *visible* sanity checks on the
   student's machine (:data:`STUDENT_GRADER_MODULES`: ``grader.sanity`` and
   what it imports, the ``grader.harness`` package included, and the course manifest ``grader/course.toml``
   that ``grader.functions`` reads); the hidden checks (``grader/checks*.py``), the rubric,
   the sandbox and the grading code stay with the instructors.
 
-The sanity fixtures (expected values, no code) and ``course_tools.py``
-travel next to the notebook in the released assignment folder.
+The sanity fixtures (expected values, no code) travel next to the notebook
+in the released assignment folder.
 
 The wheel is built by hand with :mod:`zipfile` (no build backend, no
 network): entries sorted, fixed timestamps, so the same sources give the same

@@ -42,8 +42,15 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 #: Calls that mark a cell as a test cell (never part of the submission's code).
 TEST_MARKERS = ("grade_cell(", "run_sanity(", BEGIN_HIDDEN_TESTS)
 BLOCKED_IMPORTS = ("solutions", "grader")
-#: Modules of the notebook's own tooling that graded code never needs.
-NOTEBOOK_ONLY_MODULES = ("course_tools", "course_sanity", "google")
+#: Modules of the notebook's own tooling that graded code never needs: an import of one of them, or of a
+#: submodule, is dropped.  ``data_utils.course_tools`` is the helpers' module; the bare ``course_tools``
+#: is where notebooks released before it moved into the student package imported them from.
+NOTEBOOK_ONLY_MODULES = ("data_utils.course_tools", "course_tools", "course_sanity", "google")
+
+
+def is_notebook_only(module: str) -> bool:
+    """Whether ``module`` (dotted) is one of :data:`NOTEBOOK_ONLY_MODULES` or inside one."""
+    return any(module == m or module.startswith(f"{m}.") for m in NOTEBOOK_ONLY_MODULES)
 
 
 class SubmissionError(ValueError):
@@ -90,7 +97,9 @@ def _keep(node: ast.stmt, strict: bool = False) -> tuple[bool, str | None]:
         modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
         if any(m.split(".")[0] in BLOCKED_IMPORTS for m in modules):
             return False, f"line {node.lineno}: importing {', '.join(modules)} is not allowed; the import was removed"
-        if any(m.split(".")[0] in NOTEBOOK_ONLY_MODULES for m in modules):
+        # ``from data_utils import course_tools`` names the helpers' module too
+        named = [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else []
+        if any(is_notebook_only(m) for m in modules) or (named and all(is_notebook_only(n) for n in named)):
             return False, None  # notebook helpers (visible checks, display): never needed by graded code
         return True, None
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -182,7 +182,7 @@ def test_release_notebook_in_jupyterlab_runs_setup_and_a_sanity_check(lab, brows
 
         setup = _run(page, _cell(page, f'ASSIGNMENT = "{name}"'))
         assert "No GPU: running on the CPU" in setup or "GPU:" in setup, setup
-        imports = _run(page, _cell(page, "from course_tools import"))
+        imports = _run(page, _cell(page, "from data_utils.course_tools import"))
         assert imports.strip() == "", f"the imports cell printed {imports!r}"
 
         # A stub first: one line, no traceback into course_tools.py.

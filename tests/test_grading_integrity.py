@@ -209,3 +209,22 @@ def test_grade_cell_text_is_escaped_like_every_other_report():
     text = cell_text("nms", [c for c in report["checks"] if c["function"] == "nms"], report)
     assert "\x1b" not in text and "second line" not in text
     assert text.rstrip().endswith("nms: 0 / 7 points (graded by `python -m grader`, outside your notebook)")
+
+
+def test_the_notebook_helpers_are_never_imported_by_the_graded_code():
+    """The imports cell's ``from data_utils.course_tools import ...`` (and the bare ``course_tools`` of
+    notebooks released before the helpers moved into the student package) is dropped from the extracted
+    submission; the rest of the package's imports stay."""
+    from grader.notebook import clean_source
+
+    cell = "\n".join([
+        "from data_utils.course_tools import check, make_submission, train",
+        "import data_utils.course_tools as tools",
+        "from data_utils import course_tools",
+        "from course_tools import check",
+        "from data_utils.engine import TrainConfig",
+        "from data_utils import voc",
+    ])
+    kept, _ = clean_source(cell, "imports cell", notes=[], broken={})
+    assert [line for line in kept.splitlines() if line.strip()] == [
+        "from data_utils.engine import TrainConfig", "from data_utils import voc"], kept

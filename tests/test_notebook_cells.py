@@ -5,8 +5,8 @@ with one line, stubs say "not implemented yet", and the imports cell prints
 nothing stray.
 
 The cells are executed from the built source notebook in one namespace, in
-notebook order, from the assignment's source folder (``course_tools.py`` and
-the fixtures sit there), with ``COURSE_DATA`` pointing at a fresh embedded
+notebook order, from the assignment's source folder (the sanity fixtures sit
+there; the helpers come from ``data_utils.course_tools``), with ``COURSE_DATA`` pointing at a fresh embedded
 dataset.  IPython magics (``%matplotlib inline``) are dropped; matplotlib
 draws with the Agg backend.
 """
@@ -17,7 +17,6 @@ import contextlib
 import functools
 import io
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -61,17 +60,15 @@ def _is_submit(cell) -> bool:
 
 @contextlib.contextmanager
 def in_source_folder(name: str, data_dir: Path, profile: str):
-    """cwd = the assignment's source folder (course_tools.py and the fixtures), its
-    helper importable, the embedded dataset under ``data_dir``, ``profile`` forced."""
+    """cwd = the assignment's source folder (the sanity fixtures ``check`` reads from the
+    current directory), the embedded dataset under ``data_dir``, ``profile`` forced."""
     folder = ASSIGNMENTS[name].source_dir
-    old_cwd, old_path = Path.cwd(), list(sys.path)
+    old_cwd = Path.cwd()
     old_env = {k: os.environ.get(k) for k in ("COURSE_DATA", "COURSE_PROFILE", "COURSE_SMALL", "NBGRADER_EXECUTION")}
     os.environ["COURSE_DATA"] = str(data_dir)
     os.environ["COURSE_PROFILE"] = profile
     os.environ.pop("COURSE_SMALL", None)
     os.environ.pop("NBGRADER_EXECUTION", None)
-    sys.modules.pop("course_tools", None)
-    sys.path.insert(0, str(folder))
     import torch
 
     threads = torch.get_num_threads()
@@ -80,8 +77,6 @@ def in_source_folder(name: str, data_dir: Path, profile: str):
         yield folder
     finally:
         os.chdir(old_cwd)
-        sys.path[:] = old_path
-        sys.modules.pop("course_tools", None)
         torch.set_num_threads(threads)
         for key, value in old_env.items():
             if value is None:
@@ -176,7 +171,7 @@ def _batches(n: int, interrupt_at: int | None = None):
 
 
 def test_interrupting_a_training_cell_says_where_it_stopped_and_the_rerun_resumes(tmp_path, capsys):
-    from assignments import course_tools
+    from data_utils import course_tools
     from data_utils.engine import TrainConfig
 
     config = TrainConfig(max_iters=20, lr=0.1, optimizer="adamw")
@@ -202,7 +197,7 @@ def test_interrupting_a_training_cell_says_where_it_stopped_and_the_rerun_resume
 
 
 def test_interrupting_without_a_checkpoint_says_so():
-    from assignments import course_tools
+    from data_utils import course_tools
     from data_utils.engine import TrainConfig
 
     with pytest.raises(course_tools.TrainingStopped, match=r"stopped at iteration 3 of 10; no checkpoint"):
@@ -211,9 +206,9 @@ def test_interrupting_without_a_checkpoint_says_so():
 
 
 def test_an_unfilled_stub_says_not_implemented_yet_without_a_traceback(capsys, monkeypatch):
-    from assignments import course_tools
+    from data_utils import course_tools
 
-    monkeypatch.setattr(course_tools, "HERE", ASSIGNMENTS["two_stage"].source_dir)  # where its fixtures are
+    monkeypatch.setattr(course_tools, "FIXTURE_DIR", ASSIGNMENTS["two_stage"].source_dir)  # where its fixtures are
 
     def iou(boxes1, boxes2):
         raise NotImplementedError()
@@ -301,9 +296,9 @@ def test_under_nbgrader_a_failed_visible_check_leaves_the_points_to_the_hidden_t
     """A bug in a collaborator (centerness) makes FCOS's loss check fail in the
     student's namespace; while grading, the cell must go on to the hidden tests,
     which isolate FCOS, so one bug costs points once."""
-    from assignments import course_tools
+    from data_utils import course_tools
 
-    monkeypatch.setattr(course_tools, "HERE", ASSIGNMENTS["two_stage"].source_dir)
+    monkeypatch.setattr(course_tools, "FIXTURE_DIR", ASSIGNMENTS["two_stage"].source_dir)
 
     def iou(boxes1, boxes2):
         return boxes1.new_zeros(len(boxes1), len(boxes2))

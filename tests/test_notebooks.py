@@ -20,10 +20,10 @@ import pytest
 from nbformat import NotebookNode
 
 from assignments import build, extract
-from assignments.course_tools import submission_problems
 from assignments.feedback import StripHiddenTests
 from assignments.spec import ASSIGNMENTS, COURSE_DIR, check_against_grader
 from assignments.student_package import STUDENT_GRADER_MODULES, build_wheel, wheel_problems
+from data_utils.course_tools import submission_problems
 from grader.markers import strip_hidden_tests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_cpu_profile_trains_the_main_jobs_recipe(built, name, monkeypatch):
 
     import torch
 
-    from assignments.course_tools import laptop_threads
+    from data_utils.course_tools import laptop_threads
 
     namespace = {"os": os, "torch": torch, "laptop_threads": laptop_threads}
     threads = torch.get_num_threads()
@@ -191,11 +191,13 @@ def test_student_wheel_is_reproducible(wheel, tmp_path):
 def test_students_can_install_and_run_the_visible_checks_without_the_reference(wheel, tmp_path):
     """pip-install the wheel into an empty folder and use it from an interpreter that
     cannot see this repository: data_utils imports, the visible checks run (and
-    catch the transposed-locations bug), and `solutions` does not exist."""
+    catch the transposed-locations bug), the notebooks' helpers come with it and read
+    the fixture from the current folder, and `solutions` does not exist."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                     "--target", str(target), str(wheel)], check=True)
     fixture = ASSIGNMENTS["one_stage"].source_dir / "one_stage_sanity.pt"
+    (tmp_path / fixture.name).write_bytes(fixture.read_bytes())  # the release folder: the kernel's cwd
     script = f"""
 import sys
 sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [
@@ -219,6 +221,8 @@ good = run_sanity("one_stage", "get_fpn_location_coords", get_fpn_location_coord
 def transposed(shapes, strides, dtype=torch.float32, device="cpu"):
     return {{k: v.flip(-1) for k, v in get_fpn_location_coords(shapes, strides, dtype, device).items()}}
 bad = run_sanity("one_stage", "get_fpn_location_coords", transposed, fixture_path={str(fixture)!r})
+from data_utils.course_tools import check
+check("get_fpn_location_coords", namespace={{"get_fpn_location_coords": get_fpn_location_coords}})  # raises on failure
 print("RESULT", all(r.passed for r in good), any(not r.passed for r in bad), sorted(sys.modules.keys() & {{"solutions"}}))
 """
     proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
@@ -230,7 +234,8 @@ def test_release_folders_ship_the_fixtures_the_checks_need():
     for spec in ASSIGNMENTS.values():
         for fixture in build.fixture_assignments(spec):
             assert (spec.source_dir / build.fixture_name(fixture)).is_file()
-        assert (spec.source_dir / "course_tools.py").read_text() == (ROOT / "assignments/course_tools.py").read_text()
+        # the helpers come with the student package (one copy), not next to the notebook
+        assert not (spec.source_dir / "course_tools.py").exists()
 
 
 # ----------------------------------------------------------------- submission helper
@@ -246,7 +251,7 @@ def _stubbed(nb: NotebookNode) -> NotebookNode:
 
 
 def test_submission_refuses_a_missing_or_unfinished_notebook_and_accepts_a_complete_one(built, tmp_path, monkeypatch):
-    from assignments import course_tools
+    from data_utils import course_tools
 
     path = tmp_path / "one_stage.ipynb"
     errors, _ = submission_problems("one_stage", path)
@@ -273,7 +278,7 @@ def test_submission_carries_the_saved_weights_with_a_size_check(built, tmp_path,
     large or not a checkpoint is refused with the reason."""
     import torch
 
-    from assignments import course_tools
+    from data_utils import course_tools
     from data_utils.engine import save_checkpoint
 
     path = tmp_path / "one_stage.ipynb"

@@ -120,7 +120,7 @@ def test_release_holds_no_reference_line_no_hidden_test_and_no_solutions_import(
             body = path.read_text()
             assert not re.search(r"^\s*(from|import)\s+solutions\b", body, flags=re.M)
             assert not ({line.strip() for line in body.splitlines()} & reference)
-    assert set(files) <= {f"{name}.ipynb", "course_tools.py", "one_stage_sanity.pt", "two_stage_sanity.pt", wheel[0]}
+    assert set(files) <= {f"{name}.ipynb", "one_stage_sanity.pt", "two_stage_sanity.pt", wheel[0]}
 
 
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))

@@ -85,8 +85,8 @@ def test_ensure_release_files_rebuilds_a_stale_wheel_and_keeps_a_fresh_one(tmp_p
     wheel = source / "one_stage" / wheel_name()
     wheel.write_bytes(b"stale")
     assert ensure_release_files(source, log=lambda _: None) == [wheel] and wheel.read_bytes() != b"stale"
-    (source / "two_stage" / "course_tools.py").unlink()
-    with pytest.raises(BuildError, match="course_tools.py.*python -m assignments build"):
+    (source / "two_stage" / "two_stage.ipynb").unlink()
+    with pytest.raises(BuildError, match="two_stage.ipynb.*python -m assignments build"):
         ensure_release_files(source, log=lambda _: None)
 
 
@@ -95,9 +95,9 @@ def test_release_problems_names_each_missing_piece(released, tmp_path):
     release = tmp_path / "one_stage"
     shutil.copytree(released / "assignments/course/release/one_stage", release)
     (release / wheel_name()).unlink()
-    (release / "course_tools.py").unlink()
+    (release / "one_stage_sanity.pt").unlink()
     problems = " | ".join(release_problems(release, "one_stage"))
-    assert "course_tools.py is missing" in problems and "no student package" in problems, problems
+    assert "one_stage_sanity.pt is missing" in problems and "no student package" in problems, problems
 
 
 @pytest.mark.slow

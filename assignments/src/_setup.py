@@ -42,10 +42,10 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", package], check=True)
         importlib.invalidate_caches()
 
-for needed in ("course_tools.py", f"{ASSIGNMENT}_sanity.pt"):
-    if not Path(needed).is_file():
-        raise SetupError(f"{needed} is missing from {Path.cwd()}: open the notebook from its assignment folder "
-                         "(the folder you received holds it next to the notebook).")
+# The helpers come with the package (data_utils.course_tools); the sanity data stays next to the notebook.
+if not Path(f"{ASSIGNMENT}_sanity.pt").is_file():
+    raise SetupError(f"{ASSIGNMENT}_sanity.pt is missing from {Path.cwd()}: open the notebook from its assignment "
+                     "folder (the folder you received holds it next to the notebook).")
 if importlib.util.find_spec("data_utils") is None:
     raise SetupError("The course package is not installed: pip install detection_course_student-*.whl jupyterlab "
                      "(the .whl is in the assignment folder), then restart the kernel.")

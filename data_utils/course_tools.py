@@ -1,8 +1,9 @@
 """Helpers for the detection course notebooks (student side).
 
-This file sits next to the assignment notebook.  It needs PyTorch and the
-student package (``data_utils`` and the grader's visible-check runner
-``grader.sanity``), never the course's reference solutions:
+The notebooks import them from the student package
+(``from data_utils.course_tools import check, train, ...``): one copy, installed
+with ``data_utils`` and the grader's visible-check runner ``grader.sanity``
+(the student wheel), never the course's reference solutions:
 
 * :func:`check` -- the visible sanity check after each function you write:
   runs your function on small stored inputs and prints the relative error
@@ -16,8 +17,13 @@ student package (``data_utils`` and the grader's visible-check runner
   every required function, then writes ``<assignment>_submission.zip`` with
   exactly the files the grader needs (the notebook and the trained weights).
 
-Generated from ``assignments/course_tools.py`` by ``python -m assignments build``;
-do not edit the copy next to a notebook.
+The sanity fixtures are not code: they stay next to the notebook in the
+assignment folder, which is the current directory of the notebook's kernel
+(the first cell checks that they are there); :data:`FIXTURE_DIR` overrides it.
+
+``grader.functions`` and ``grader.sanity`` are imported inside the functions:
+importing this module (the notebook's imports cell) costs nothing, and the
+grader's modules never depend on it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+#: Folder of the ``<assignment>_sanity.pt`` fixtures; None: the current directory (the notebook's folder).
+FIXTURE_DIR: Path | None = None
 
 STUB_MARKER = "raise NotImplementedError()"
 
@@ -84,11 +91,17 @@ def required_functions(assignment: str) -> list[str]:
     return list(STUDENT_FUNCTIONS[assignment])
 
 
+def fixture_dir() -> Path:
+    """Where :func:`check` reads ``<assignment>_sanity.pt``: :data:`FIXTURE_DIR`, else the current directory
+    (a notebook's kernel runs in the notebook's folder, and the released folder holds the fixtures there)."""
+    return FIXTURE_DIR if FIXTURE_DIR is not None else Path.cwd()
+
+
 def check(name: str, assignment: str | None = None, namespace: dict | None = None) -> None:
     """Sanity-check your ``name`` against stored expected values.
 
     Runs the visible cases of ``name`` (inputs and expected outputs stored in
-    ``<assignment>_sanity.pt`` next to this file, computed by the reference)
+    ``<assignment>_sanity.pt`` in :func:`fixture_dir`, computed by the reference)
     on the function defined in your notebook, prints one line per case with
     its relative error (where a value is compared), and raises
     :class:`SanityCheckFailed` (an ``AssertionError``) when a case fails --
@@ -102,14 +115,15 @@ def check(name: str, assignment: str | None = None, namespace: dict | None = Non
     from grader.sanity import run_sanity
 
     namespace = namespace if namespace is not None else _caller_namespace()
+    folder = fixture_dir()
     if assignment is None:
-        here = [p.name.removesuffix("_sanity.pt") for p in sorted(HERE.glob("*_sanity.pt"))]
+        here = [p.name.removesuffix("_sanity.pt") for p in sorted(folder.glob("*_sanity.pt"))]
         owners = [a for a in STUDENT_FUNCTIONS if name in STUDENT_FUNCTIONS[a]]
         owners.sort(key=lambda a: (a not in here, a))
         if not owners:
             raise KeyError(f"{name!r} is not a function of this course")
         assignment = owners[0]
-    fixture = HERE / f"{assignment}_sanity.pt"
+    fixture = folder / f"{assignment}_sanity.pt"
     if name not in namespace:
         raise NameError(f"{name} is not defined yet: run the cell that defines it first")
     print(f"{name}:")
@@ -380,7 +394,7 @@ def submission_problems(assignment: str, notebook: Path, history: list[str] | No
     errors: list[str] = []
     unimplemented: list[str] = []
     if not notebook.is_file():
-        return [f"{notebook} does not exist: save the notebook under this name, next to course_tools.py"], []
+        return [f"{notebook} does not exist: save the notebook under this name in the assignment folder"], []
     try:
         cells = _code_cells(_load_notebook(notebook))
     except RuntimeError as error:
