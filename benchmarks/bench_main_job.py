@@ -13,15 +13,15 @@ processes hits both alike; the figures are medians.  It prints the seconds
 per iteration of each, the ratio new / old, the training time of the whole
 recipe both ways (iterations x seconds per iteration, summed over the
 detectors) and the mean mAP of each recipe over the seeds recorded in
-:mod:`data_utils.main_job_figures`.  Target: the main job at most 15
+:mod:`solutions.main_job_figures`.  Target: the main job at most 15
 minutes on a 2-core machine.
 
-``--full``.  Runs ``python -m data_utils main`` once per (recipe, seed), in
+``--full``.  Runs ``python -m solutions main`` once per (recipe, seed), in
 ``--parallel`` processes at a time (each with ``cores / parallel`` torch
 threads; last-bit floating-point differences from the thread count are part
 of the spread the figures record), and prints every run's mAP and time, the
 mean and range per recipe and detector, and the ratio of the mean total
-times.  ``--write`` stores the runs in ``data_utils/main_job_figures.py``,
+times.  ``--write`` stores the runs in ``solutions/main_job_figures.py``,
 which the main job reads to print the range a newcomer should expect.
 Timings of ``--full`` with ``--parallel`` above 1 are not the solo figures;
 the README's time comes from a solo run (``--parallel 1``).
@@ -45,16 +45,17 @@ from pathlib import Path
 import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
-from data_utils import main_job_figures
 from data_utils.cli_options import add_out
 from data_utils.engine import train_detector
-from data_utils.experiment import DETECTORS, PRESETS, build_detector, machine_description
+from data_utils.experiment import machine_description
 from data_utils.loaders import build_loader
 from data_utils.synthetic import ensure_embedded_dataset
 from data_utils.voc import VOCDetection
+from solutions import main_job_figures
+from solutions.presets import DETECTORS, PRESETS, build_detector
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES_FILE = ROOT / "data_utils" / "main_job_figures.py"
+FIGURES_FILE = ROOT / "solutions" / "main_job_figures.py"
 RECIPES = {"channels_last": True, "contiguous": False}  # new, old
 
 
@@ -97,7 +98,7 @@ def per_iteration(args: argparse.Namespace) -> None:
 def _one_run(recipe: str, seed: int, threads: int, out: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     with out.with_suffix(".log").open("w") as stream:
-        subprocess.run([sys.executable, "-m", "data_utils", "main", "--seed", str(seed), "--memory-format", recipe,
+        subprocess.run([sys.executable, "-m", "solutions", "main", "--seed", str(seed), "--memory-format", recipe,
                         "--out", str(out), "--no-progress"], cwd=ROOT, env=env, stdout=stream,
                        stderr=subprocess.STDOUT, check=True)
     return collect(out)
@@ -138,7 +139,7 @@ def full(args: argparse.Namespace) -> None:
 
 
 def write_figures(runs: list[dict]) -> None:
-    """Merge ``runs`` into data_utils/main_job_figures.py (a run replaces an earlier one of the same recipe, seed and
+    """Merge ``runs`` into solutions/main_job_figures.py (a run replaces an earlier one of the same recipe, seed and
     thread count)."""
     key = lambda run: (run["recipe"], run["seed"], run["threads"])  # noqa: E731  (a one-line sort key)
     merged = {key(run): run for run in main_job_figures.RUNS}
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     parser.add_argument("--parallel", type=int, default=1, help="main-job runs at a time (--full)")
     add_out(parser, help="folder of the --full runs (default: a temp folder)")
-    parser.add_argument("--write", action="store_true", help="record the --full runs in data_utils/main_job_figures.py")
+    parser.add_argument("--write", action="store_true", help="record the --full runs in solutions/main_job_figures.py")
     add_timing_arguments(parser)
     return parser
 

@@ -47,7 +47,7 @@ done
 "$PY" - "$DEVICE" <<'PYEOF' || status=1
 import sys, time, torch
 from data_utils.engine import TrainConfig, autocast, _autocast_dtype, make_optimizer
-from data_utils.experiment import PRESETS, build_detector
+from solutions.presets import PRESETS, build_detector
 device = torch.device(sys.argv[1])
 preset = PRESETS["fcos-voc"]
 preset = type(preset)(**{**preset.__dict__, "weights": None})  # no download: random init, same cost

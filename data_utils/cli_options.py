@@ -1,6 +1,6 @@
 """The one command-line convention of the project's commands, and the helpers that keep them to it.
 
-``python -m data_utils``, ``python -m grader``, ``python -m assignments`` and the scripts in
+``python -m data_utils``, ``python -m solutions``, ``python -m grader``, ``python -m assignments`` and the scripts in
 ``benchmarks/`` each keep their own :mod:`argparse` parser (with subcommands where there are
 several commands), and spell the same thing the same way:
 

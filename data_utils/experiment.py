@@ -2,7 +2,12 @@
 command run.  Every output lands in one folder: the checkpoint (with its
 configs), the loss history and curve, the detections, the metrics as JSON,
 the per-class AP chart, precision-recall curves and predictions beside the
-ground truth."""
+ground truth.
+
+This module is part of the student package, so it never builds a detector
+itself: the caller passes the model (or a factory).  The reference detectors,
+the course's presets and the main job's command line live beside the
+reference, in :mod:`solutions.presets` and ``python -m solutions``."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +31,18 @@ from torch import nn
 
 from data_utils.engine import TrainConfig, final_loss, train_detector
 from data_utils.eval_plots import plot_class_ap, plot_precision_recall
-from data_utils.head_init import HEAD_INITS, reinit_head_stems
 from data_utils.inference import export_voc_results, predict_dataset, save_detections
 from data_utils.loaders import build_loader
-from data_utils.visualize import plot_gt_vs_pred, plot_loss_history
+from data_utils.visualize import plot_gt_vs_pred, plot_loss_history, plot_samples
 from data_utils.voc import VOC_CLASSES, VOCDetection
 from data_utils.voc_eval import VOCEvalResult, evaluate_detections
-
-DETECTORS = ("fcos", "faster_rcnn")
 
 
 @dataclass
 class Preset:
-    """Everything that defines a run besides the data."""
+    """Everything that defines a run besides the data: the model's shape (which whoever builds the
+    model reads), the batch size, the training and evaluation settings.  It is stored in the
+    checkpoint as the model's config."""
 
     detector: str
     fpn_channels: int
@@ -52,53 +57,9 @@ class Preset:
     show_thresh: float = 0.4
     #: How the prediction heads' stem convs start: "course" keeps the
     #: assignment's N(0, 0.01) (right for an ImageNet backbone); "pytorch"
-    #: re-initialises them with PyTorch's default (see :func:`reinit_head_stems`).
+    #: re-initialises them with PyTorch's default (see :func:`data_utils.head_init.reinit_head_stems`).
     head_init: str = "course"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-#: Training settings of the CPU runs on the embedded dataset (the main job: ~6.5 and ~8 minutes on 2 cores).
-_EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=50,
-                              grad_clip=10.0, channels_last=True)
-
-PRESETS: dict[str, Preset] = {
-    # The course's full schedules (the original EECS 498/598 A4 notebooks): batch 16, 9000 iterations, FPN 128.
-    "fcos-voc": Preset("fcos", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=8e-3), eval_nms_thresh=0.6),
-    "faster_rcnn-voc": Preset("faster_rcnn", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=1e-2),
-                              extra={"pre_nms_topk": 500, "post_nms_topk": 200}),
-    # CPU-sized runs on the embedded dataset (random init: no weights download
-    # offline).  From scratch, the course's SGD at 1e-2 diverged (NaN at
-    # iteration 70); AdamW with clipping trains stably (see TrainConfig.optimizer).
-    # And the course's N(0, 0.01) stems pass almost no signal (see
-    # data_utils.head_init): with PyTorch's default initialisation of the
-    # stems FCOS went from 8.3% to 37.6% val mAP and Faster R-CNN from 36.7%
-    # to 41.2% (600 iterations, seed 0, one run each; the spread over seeds
-    # and machines is in data_utils/main_job_figures.py).
-    "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None, head_init="pytorch"),
-    "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None,
-                                   head_init="pytorch"),
-}
-
-
-def build_detector(preset: Preset, num_classes: int = len(VOC_CLASSES)) -> nn.Module:
-    """Instantiate the reference detector a preset describes."""
-    if preset.head_init not in HEAD_INITS:
-        raise ValueError(f"unknown head_init {preset.head_init!r}; choose one of {HEAD_INITS}")
-    if preset.detector == "fcos":
-        from solutions.fcos import FCOS
-
-        model: nn.Module = FCOS(num_classes=num_classes, fpn_channels=preset.fpn_channels,
-                                stem_channels=list(preset.stem_channels), weights=preset.weights)
-    elif preset.detector == "faster_rcnn":
-        from solutions.faster_rcnn import build_faster_rcnn
-
-        model = build_faster_rcnn(num_classes=num_classes, fpn_channels=preset.fpn_channels,
-                                  stem_channels=list(preset.stem_channels), weights=preset.weights, **preset.extra)
-    else:
-        raise ValueError(f"unknown detector {preset.detector!r}; choose one of {DETECTORS}")
-    if preset.head_init == "pytorch":
-        reinit_head_stems(model)
-    return model
 
 
 def run_experiment(
@@ -106,6 +67,7 @@ def run_experiment(
     voc_dir: Path,
     out_dir: Path,
     *,
+    model: nn.Module | Callable[[], nn.Module],
     train_split: str = "train",
     eval_split: str = "val",
     device: str | None = None,
@@ -114,8 +76,13 @@ def run_experiment(
     progress: bool = True,
     num_show: int = 6,
 ) -> dict[str, Any]:
-    """Train ``preset`` on ``train_split``, evaluate VOC07 mAP on ``eval_split``
-    and write every artefact into ``out_dir``; returns the metrics dict.
+    """Train ``model`` with ``preset``'s settings on ``train_split``, evaluate VOC07 mAP on
+    ``eval_split`` and write every artefact into ``out_dir``; returns the metrics dict.
+
+    ``model`` is the detector (the course's ``forward(images, gt_boxes)`` -> loss dict in train
+    mode, ``inference`` in eval mode), or a function of no arguments that builds it.  A factory is
+    called after the seed is set and the training images are loaded, the order the recorded runs
+    used, so a preset and a seed give the same initialisation (and the same figures) every time.
 
     ``progress=False`` silences every progress bar; each long stage (caching,
     training, inference, evaluation) then prints one line when it starts and
@@ -131,7 +98,8 @@ def run_experiment(
     with stage(f"loading {len(train_set)} {train_split} images" + (" into the cache" if cache else "")):
         loader = build_loader(train_set, preset.batch_size, cache=cache, device=device if cache else "cpu",
                               seed=preset.train.seed, uint8=cache, progress=progress)
-    model = build_detector(preset)
+    if not isinstance(model, nn.Module):
+        model = model()
     started = time.perf_counter()
     with stage(f"training {preset.train.max_iters} iterations on {device}"):
         state = train_detector(model, loader, preset.train, device=device, checkpoint_path=out_dir / "checkpoint.pt",
@@ -233,16 +201,13 @@ def _detections_figure(dataset: VOCDetection, detections, threshold: float, num:
     return fig
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path, dpi=110)
+def save_samples_figure(voc_dir: Path, split: str, path: Path, num: int = 8) -> None:
+    """Write a grid of ``num`` images of ``split`` with their ground-truth boxes to ``path`` (a PNG)."""
+    fig = plot_samples(VOCDetection(voc_dir, split), num=num)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def preset_with(name: str, **overrides: Any) -> Preset:
-    """A copy of ``PRESETS[name]`` with training settings overridden (``max_iters=...``, ``lr=...``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    preset = PRESETS[name]
-    train_fields = {k: v for k, v in overrides.items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    preset_fields = {k: v for k, v in overrides.items() if k in Preset.__dataclass_fields__ and v is not None}
-    return replace(preset, train=replace(preset.train, **train_fields), **preset_fields)
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,6 +1,6 @@
 """Every command line of the project follows the one convention of :mod:`data_utils.cli_options`.
 
-The three CLIs (``python -m data_utils``, ``python -m grader``, ``python -m assignments``) and the
+The four CLIs (``python -m data_utils``, ``python -m solutions``, ``python -m grader``, ``python -m assignments``) and the
 scripts in ``benchmarks/`` are read through their ``build_parser()``: every subcommand's options
 are inspected (the same names for the same things, no retired spelling in any help), every
 deprecated spelling still parses to the same value with a one-line note, bad usage exits 2 and a
@@ -43,8 +43,10 @@ def top_parsers() -> dict[str, argparse.ArgumentParser]:
     from assignments.__main__ import build_parser as assignments_parser
     from data_utils.__main__ import build_parser as data_utils_parser
     from grader.cli import build_parser as grader_parser
+    from solutions.__main__ import build_parser as solutions_parser
 
-    parsers = {"data_utils": data_utils_parser(), "grader": grader_parser(), "assignments": assignments_parser()}
+    parsers = {"data_utils": data_utils_parser(), "solutions": solutions_parser(), "grader": grader_parser(),
+               "assignments": assignments_parser()}
     parsers.update({f"benchmarks/{name}": benchmark_parser(name) for name in BENCHMARKS})
     return parsers
 
@@ -81,7 +83,7 @@ def hidden_aliases(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
 
 def test_the_walk_sees_every_cli() -> None:
     """A guard for the tests below: they would pass vacuously on an empty walk."""
-    assert {"data_utils main", "data_utils download", "grader grade", "grader batch", "assignments build",
+    assert {"solutions main", "solutions train", "data_utils download", "grader grade", "grader batch", "assignments build",
             "assignments selftest", "benchmarks/bench_cache"} <= set(COMMANDS)
     assert len(BENCHMARKS) >= 7
 
@@ -111,7 +113,7 @@ def test_every_hidden_spelling_is_a_deprecated_alias_of_a_shown_one(label: str, 
 
 #: (argv, dest, value): old spellings in notes and scripts that must keep working.
 DEPRECATED = [
-    ("data_utils main", ["--data", "/tmp/d"], "data_root", Path("/tmp/d")),
+    ("solutions main", ["--data", "/tmp/d"], "data_root", Path("/tmp/d")),
     ("data_utils generate", ["--root", "/tmp/d"], "data_root", Path("/tmp/d")),
     ("data_utils download", ["--root", "/tmp/d"], "data_root", Path("/tmp/d")),
     ("benchmarks/bench_cache", ["--voc-dir", "/tmp/v"], "voc_root", Path("/tmp/v")),
@@ -143,6 +145,8 @@ def test_help_exits_0_and_an_unknown_option_exits_2(label: str, capsys) -> None:
 def _main(cli: str):
     if cli == "data_utils":
         from data_utils.__main__ import main
+    elif cli == "solutions":
+        from solutions.__main__ import main
     elif cli == "grader":
         from grader.cli import main
     else:
@@ -160,13 +164,24 @@ def _main(cli: str):
     ("data_utils", ["samples", "/no/such/VOC2007"]),
     ("grader", ["grade", "/no/such/submission.ipynb", "--assignment", "one_stage"]),
     ("grader", ["batch", "/no/such/folder", "--assignment", "one_stage"]),
-    ("data_utils", ["train", "--preset", "yolo-voc"]),
+    ("solutions", ["train", "--preset", "yolo-voc"]), ("solutions", []),
 ])
 def test_bad_usage_exits_2(cli: str, argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as done:
         _main(cli)(argv)
     assert done.value.code == EXIT_USAGE
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["main", "train"])
+def test_the_moved_commands_say_where_they_went(command: str, capsys) -> None:
+    """``python -m data_utils main|train`` (old notes) names ``python -m solutions`` and exits 2, without
+    running anything: the student package cannot build the reference detectors."""
+    from data_utils.__main__ import build_parser, main
+
+    assert main([command, "--preset", "fcos-voc"]) == EXIT_USAGE
+    assert f"moved: run `python -m solutions {command}`" in capsys.readouterr().err
+    assert command not in subcommands(build_parser()), "hidden: not offered as a data_utils command"
 
 
 def test_bad_shard_is_bad_usage(tmp_path: Path, capsys) -> None:

@@ -189,3 +189,29 @@ def test_the_privacy_check_sees_private_names(tmp_path):
     _write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "_x = 1\ny = 2\n",
                       "pkg/b.py": "from pkg.a import y\ndef f():\n    from .a import _x\n"})
     assert private_imports(module_files(tmp_path, ("pkg",))) == [("pkg.b", "pkg.a._x", 3)]
+
+
+def reference_imports(files: dict[str, Path], student: str = "data_utils",
+                      reference: str = "solutions") -> list[tuple[str, str, int]]:
+    """``(importer, imported, line)`` for every import of a ``reference`` module by a ``student`` module
+    (functions included)."""
+    graph = import_graph(files)
+    return [(importer, target, line) for importer, targets in sorted(graph.items())
+            if importer.split(".")[0] == student
+            for target, line in sorted(targets.items()) if target.split(".")[0] == reference]
+
+
+def test_the_student_package_imports_nothing_of_the_reference():
+    """``data_utils`` is the wheel students install, and they have no ``solutions``: an import of it
+    anywhere in ``data_utils`` -- even inside a function -- is code the wheel ships that cannot run."""
+    found = reference_imports(module_files())
+    assert not found, "data_utils imports the reference (move that code next to it, into solutions/):\n" + "\n".join(
+        f"  {importer}:{line} imports {target}" for importer, target, line in found)
+
+
+def test_the_reference_import_check_sees_an_import_inside_a_function(tmp_path):
+    _write(tmp_path, {"data_utils/__init__.py": "", "data_utils/a.py": "def f():\n    from solutions.x import y\n",
+                      "data_utils/b.py": "import os\n", "solutions/__init__.py": "", "solutions/x.py": "y = 1\n",
+                      "solutions/z.py": "from data_utils.b import os\n"})
+    files = module_files(tmp_path, ("data_utils", "solutions"))
+    assert reference_imports(files) == [("data_utils.a", "solutions.x", 2)]

@@ -1,4 +1,4 @@
-"""The README's main job end to end, shortened: ``python -m data_utils main``
+"""The README's main job end to end, shortened: ``python -m solutions main``
 with two iterations per detector on a freshly generated embedded dataset.
 
 It proves the command wires every piece together (dataset, both reference
@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from data_utils.__main__ import main
+from solutions.__main__ import main
 
 pytestmark = pytest.mark.slow
 

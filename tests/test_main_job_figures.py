@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from data_utils import main_job_figures
-from data_utils.experiment import DETECTORS
+from solutions import main_job_figures
+from solutions.presets import DETECTORS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -116,7 +116,7 @@ _PRESET_OF = {"one_stage": "fcos-embedded", "two_stage": "faster_rcnn-embedded"}
 def test_cpu_profile_trains_the_main_jobs_recipe(built, name, monkeypatch):
     """The notebooks' ``cpu`` profile and ``./run main`` train the same recipe on
     the embedded dataset; the README and the notebook quote the same figures."""
-    from data_utils.experiment import PRESETS
+    from solutions.presets import PRESETS
 
     (cell,) = [c for c in built[name].cells if c.get("id") == "settings"]
     monkeypatch.setenv("COURSE_PROFILE", "cpu")

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from torch import nn
 
-from data_utils.experiment import PRESETS, build_detector, preset_with
 from data_utils.head_init import reinit_head_stems
+from solutions.presets import PRESETS, build_detector, preset_with
 
 
 def _stem_convs(model: nn.Module) -> list[nn.Conv2d]:
