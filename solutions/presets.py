@@ -10,6 +10,7 @@ the student package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -19,32 +20,53 @@ from data_utils.engine import TrainConfig
 from data_utils.experiment import Preset
 from data_utils.head_init import HEAD_INITS, reinit_head_stems
 from data_utils.voc import VOC_CLASSES
+from grader.functions import load_course
 from solutions.faster_rcnn import build_faster_rcnn
 from solutions.fcos import FCOS
 
 DETECTORS = ("fcos", "faster_rcnn")
+#: The assignment whose notebook profiles each detector's presets come from.
+ASSIGNMENT_OF = {"fcos": "one_stage", "faster_rcnn": "two_stage"}
+#: Preset name suffix -> the notebook profile it is (``[<assignment>.profiles.<profile>]`` of grader/course.toml).
+PROFILE_OF = {"voc": "gpu", "embedded": "cpu"}
 
-#: Training settings of the CPU runs on the embedded dataset (the main job: ~6.5 and ~8 minutes on 2 cores).
-_EMBEDDED_TRAIN = TrainConfig(max_iters=600, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=50,
-                              grad_clip=10.0, channels_last=True)
 
-PRESETS: dict[str, Preset] = {
-    # The course's full schedules (the original EECS 498/598 A4 notebooks): batch 16, 9000 iterations, FPN 128.
-    "fcos-voc": Preset("fcos", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=8e-3), eval_nms_thresh=0.6),
-    "faster_rcnn-voc": Preset("faster_rcnn", 128, (128, 128), 16, TrainConfig(max_iters=9000, lr=1e-2),
-                              extra={"pre_nms_topk": 500, "post_nms_topk": 200}),
-    # CPU-sized runs on the embedded dataset (random init: no weights download
-    # offline).  From scratch, the course's SGD at 1e-2 diverged (NaN at
-    # iteration 70); AdamW with clipping trains stably (see TrainConfig.optimizer).
-    # And the course's N(0, 0.01) stems pass almost no signal (see
-    # data_utils.head_init): with PyTorch's default initialisation of the
-    # stems FCOS went from 8.3% to 37.6% val mAP and Faster R-CNN from 36.7%
-    # to 41.2% (600 iterations, seed 0, one run each; the spread over seeds
-    # and machines is in solutions/main_job_figures.py).
-    "fcos-embedded": Preset("fcos", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None, head_init="pytorch"),
-    "faster_rcnn-embedded": Preset("faster_rcnn", 64, (64, 64), 16, _EMBEDDED_TRAIN, weights=None,
-                                   head_init="pytorch"),
-}
+def preset_from_profile(detector: str, profile: Mapping[str, Any], **train_overrides: Any) -> Preset:
+    """The run a notebook profile describes, as a :class:`Preset`: the manifest's settings cell
+    (``grader/course.toml``) is the one declaration of the course's recipes, so the main job, the
+    full-VOC command and the notebooks cannot drift apart.  Keys a profile leaves out take the
+    notebook's None (no weights, no clipping); the overfit and display-only keys are not a run's."""
+    train = TrainConfig(max_iters=profile["train_iters"], lr=profile["lr"], optimizer=profile["optimizer"],
+                        weight_decay=profile["weight_decay"], warmup_iters=profile["warmup_iters"],
+                        grad_clip=profile.get("grad_clip"), **train_overrides)
+    extra = {key: profile[key] for key in ("pre_nms_topk", "post_nms_topk") if key in profile}
+    return Preset(detector, profile["fpn_channels"], tuple(profile["stem_channels"]), profile["batch_size"], train,
+                  weights=profile.get("weights"), eval_score_thresh=profile["eval_score"],
+                  eval_nms_thresh=profile["eval_nms"], show_thresh=profile["show_score"],
+                  head_init=profile["head_init"], extra=extra)
+
+
+def course_presets(course: Mapping[str, Any] | None = None) -> dict[str, Preset]:
+    """``<detector>-voc`` (the gpu profile: PASCAL VOC 2007, ImageNet backbone, the original
+    course's schedule) and ``<detector>-embedded`` (the cpu profile: the embedded dataset from a
+    random backbone -- from scratch the course's SGD at 1e-2 diverged, so AdamW with warm-up and
+    clipping, and PyTorch's initialisation of the head stems, see data_utils.head_init) for each
+    detector, from the manifest.  The embedded runs are the main job's, which trains channels-last
+    (oneDNN's convolutions are ~20% faster per step on a 2-core CPU; the notebooks stay contiguous,
+    where a student's ``view()`` of an NHWC map would raise)."""
+    course = load_course() if course is None else course
+    presets = {}
+    for detector in DETECTORS:
+        profiles = course[ASSIGNMENT_OF[detector]]["profiles"]
+        for suffix, profile in PROFILE_OF.items():
+            overrides = {"channels_last": True} if suffix == "embedded" else {}
+            presets[f"{detector}-{suffix}"] = preset_from_profile(detector, profiles[profile], **overrides)
+    return presets
+
+
+#: The recorded runs of the embedded presets (and their spread over seeds and machines) are in
+#: solutions/main_job_figures.py.
+PRESETS: dict[str, Preset] = course_presets()
 
 
 def build_detector(preset: Preset, num_classes: int = len(VOC_CLASSES)) -> nn.Module:

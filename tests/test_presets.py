@@ -43,3 +43,26 @@ def test_embedded_presets_use_pytorch_stems_and_voc_presets_keep_the_course():
     with pytest.raises(ValueError, match="unknown head_init"):
         build_detector(replace(PRESETS["fcos-embedded"], head_init="xavier"))
     assert preset_with("fcos-embedded", max_iters=7).train.max_iters == 7
+
+
+def test_presets_are_the_manifests_profiles(tmp_path):
+    """The main job's and the full-VOC command's recipes are the notebooks' cpu and gpu profiles
+    (grader/course.toml), declared once: a profile changed in a copy of the manifest changes the preset."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from grader.functions import COURSE_PATH
+
+    embedded, voc = PRESETS["fcos-embedded"], PRESETS["faster_rcnn-voc"]
+    assert (embedded.train.max_iters, embedded.train.optimizer, embedded.train.channels_last) == (600, "adamw", True)
+    assert (voc.train.max_iters, voc.train.lr, voc.extra) == (9000, 1e-2, {"pre_nms_topk": 500, "post_nms_topk": 200})
+    manifest = tmp_path / "course.toml"
+    text = Path(COURSE_PATH).read_text()
+    cpu = text.index("[one_stage.profiles.cpu]")
+    manifest.write_text(text[:cpu] + text[cpu:].replace("train_iters = 600", "train_iters = 601", 1))
+    program = ("import sys; from pathlib import Path; import grader.functions as f; f.COURSE_PATH = Path(sys.argv[1]);"
+               "from solutions.presets import PRESETS as P;"
+               "print(P['fcos-embedded'].train.max_iters, P['faster_rcnn-embedded'].train.max_iters)")
+    done = subprocess.run([sys.executable, "-c", program, str(manifest)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["601", "600"]
