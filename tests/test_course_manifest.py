@@ -192,3 +192,26 @@ def test_check_against_grader_refuses_names_the_grader_cannot_grade(monkeypatch,
     monkeypatch.setattr(spec_module, "ASSIGNMENTS", assignments)
     with pytest.raises(ValueError, match=words):
         spec_module.check_against_grader()
+
+
+# The mAP gate's retraining recipes are the notebooks' profiles too: the rubric states them (the gate's
+# evaluation protocol -- score threshold, split, the two-stage RoI sampling -- is its own), and this
+# keeps every key it shares with the manifest's profile equal to it.
+_RETRAIN_KEYS = {"batch_size": "batch_size", "max_iters": "train_iters", "lr": "lr", "optimizer": "optimizer",
+                 "weight_decay": "weight_decay", "warmup_iters": "warmup_iters", "grad_clip": "grad_clip"}
+
+
+@pytest.mark.parametrize("assignment", ["one_stage", "two_stage"])
+@pytest.mark.parametrize("schedule, profile", [("voc", "gpu"), ("embedded", "cpu")])
+def test_the_map_gates_retrain_the_notebooks_recipes(assignment, schedule, profile):
+    from grader.functions import load_course
+    from grader.map_gate import all_schedules
+    from grader.rubric import load_rubric
+
+    table = all_schedules(load_rubric()[assignment]["map"])[schedule]
+    settings = load_course()[assignment]["profiles"][profile]
+    differ = {key: (value, settings.get(_RETRAIN_KEYS[key])) for key, value in table["retrain"].items()
+              if key in _RETRAIN_KEYS and value != settings.get(_RETRAIN_KEYS[key])}
+    differ.update({key: (table["config"][key], settings[key]) for key in ("fpn_channels", "stem_channels")
+                   if table["config"][key] != settings[key]})
+    assert not differ, f"rubric {assignment} map schedule {schedule!r} vs course.toml profile {profile!r}: {differ}"
