@@ -1,4 +1,4 @@
-"""Tests of the embedded offline dataset generator (data_utils/synthetic.py)."""
+"""Tests of the embedded offline dataset generator (data_utils/data/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_utils import synthetic
+from data_utils.data import synthetic
+from data_utils.data.synthetic import (
+    EMBEDDED_CLASSES,
+    MARKER_NAME,
+    ensure_embedded_dataset,
+    generate_dataset,
+    summarize,
+)
 from data_utils.errors import DatasetError
-from data_utils.synthetic import EMBEDDED_CLASSES, MARKER_NAME, ensure_embedded_dataset, generate_dataset, summarize
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
