@@ -337,6 +337,17 @@ def test_reuse_does_not_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert {p: p.stat().st_mtime_ns for p in voc.rglob("*")} == before
 
 
+def test_datasets_generated_before_the_package_moved_are_still_reused(small_voc: Path) -> None:
+    """The module moved (data_utils/synthetic.py -> data_utils/data/synthetic.py) without changing its output,
+    so the marker, compared whole, and the annotations still name the generator as version 1 wrote it: a
+    dataset generated before the move is reused, not refused as another generator's."""
+    import json
+
+    assert json.loads((small_voc / MARKER_NAME).read_text(encoding="utf-8"))["generator"] == "data_utils.synthetic"
+    xml = next((small_voc / "Annotations").iterdir()).read_text(encoding="utf-8")
+    assert "<annotation>data_utils.synthetic v1</annotation>" in xml
+
+
 def test_mismatched_parameters(tmp_path: Path) -> None:
     voc = generate_dataset(tmp_path, num_train=4, num_val=2, num_test=2, workers=1)
     with pytest.raises(DatasetError, match="overwrite"):
