@@ -4,12 +4,12 @@
 
 Every path delivers what the training loop consumes: a shuffled, flipped,
 normalised float32 batch ``(B, 3, 224, 224)`` on the device, i.e. the output
-of :func:`data_utils.voc.to_network_input`.  The paths:
+of :func:`data_utils.data.voc.to_network_input`.  The paths:
 
-* JPEG: :class:`~data_utils.voc.VOCDetection` through the default
+* JPEG: :class:`~data_utils.data.voc.VOCDetection` through the default
   ``DataLoader`` (``default_num_workers()`` worker processes), and with no
   worker process, for reference.
-* cache, float: :class:`~data_utils.cache.CachedVOC` batches, normalised by
+* cache, float: :class:`~data_utils.data.cache.CachedVOC` batches, normalised by
   the cache.
 * cache, uint8: batches served as bytes and normalised by
   ``to_network_input`` on the device (what ``train_detector`` does): the same
@@ -27,11 +27,11 @@ import argparse
 import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
-from data_utils.cache import CachedVOC
 from data_utils.cli_options import add_voc_root
-from data_utils.loaders import build_loader, default_num_workers
-from data_utils.synthetic import ensure_embedded_dataset
-from data_utils.voc import VOCDetection, to_network_input
+from data_utils.data.cache import CachedVOC
+from data_utils.data.loaders import build_loader, default_num_workers
+from data_utils.data.synthetic import ensure_embedded_dataset
+from data_utils.data.voc import VOCDetection, to_network_input
 
 TARGET = 20.0
 

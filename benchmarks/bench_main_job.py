@@ -7,7 +7,7 @@
 
 Default mode.  For each detector, both recipes train on the same cached
 batches of the embedded dataset through the real engine
-(:func:`data_utils.engine.train_detector`, AdamW, the preset's model),
+(:func:`data_utils.training.engine.train_detector`, AdamW, the preset's model),
 ``--iters`` iterations per round, rounds interleaved so that load from other
 processes hits both alike; the figures are medians.  It prints the seconds
 per iteration of each, the ratio new / old, the training time of the whole
@@ -46,11 +46,11 @@ import torch
 from timing import add_timing_arguments, apply_threads, interleaved_seconds, print_load_average
 
 from data_utils.cli_options import add_out
-from data_utils.engine import train_detector
-from data_utils.experiment import machine_description
-from data_utils.loaders import build_loader
-from data_utils.synthetic import ensure_embedded_dataset
-from data_utils.voc import VOCDetection
+from data_utils.data.loaders import build_loader
+from data_utils.data.synthetic import ensure_embedded_dataset
+from data_utils.data.voc import VOCDetection
+from data_utils.training.engine import train_detector
+from data_utils.training.experiment import machine_description
 from solutions import main_job_figures
 from solutions.presets import DETECTORS, PRESETS, build_detector
 

@@ -1,4 +1,4 @@
-"""Time ``data_utils.voc_eval.evaluate_detections`` on VOC-val-sized synthetic data.
+"""Time ``data_utils.evaluation.voc_eval.evaluate_detections`` on VOC-val-sized synthetic data.
 
     python benchmarks/bench_voc_eval.py [--images 2510] [--repeats 7] [--seed 0] [--no-oracle]
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))  # for tests.devkit_oracle when run as a script
 import numpy as np  # noqa: E402  (after the sys.path entry above)
 
 from data_utils.cli_options import add_seed  # noqa: E402  (after the sys.path entry above)
-from data_utils.voc_eval import evaluate_detections  # noqa: E402  (after the sys.path entry above)
+from data_utils.evaluation.voc_eval import evaluate_detections  # noqa: E402  (after the sys.path entry above)
 from tests.devkit_oracle import devkit_eval, random_case  # noqa: E402  (after the sys.path entry above)
 
 TARGET_S = 0.1

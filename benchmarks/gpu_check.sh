@@ -46,7 +46,7 @@ done
 # 2. FCOS full-VOC preset training throughput.
 "$PY" - "$DEVICE" <<'PYEOF' || status=1
 import sys, time, torch
-from data_utils.engine import TrainConfig, autocast, _autocast_dtype, make_optimizer
+from data_utils.training.engine import TrainConfig, autocast, _autocast_dtype, make_optimizer
 from solutions.presets import PRESETS, build_detector
 device = torch.device(sys.argv[1])
 preset = PRESETS["fcos-voc"]

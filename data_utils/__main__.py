@@ -31,7 +31,7 @@ def add_samples_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_samples(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Draw images with their boxes."""
-    from data_utils.experiment import save_samples_figure
+    from data_utils.training.experiment import save_samples_figure
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_samples_figure(args.voc_dir, args.split, args.out, args.num)
@@ -40,20 +40,20 @@ def cmd_samples(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from data_utils.synthetic import run
+    from data_utils.data.synthetic import run
 
     return run(args)
 
 
 def cmd_download(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from data_utils.download import run
+    from data_utils.data.download import run
 
     return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (subcommands, the convention of :mod:`data_utils.cli_options`)."""
-    from data_utils import download, synthetic
+    from data_utils.data import download, synthetic
 
     parser = argparse.ArgumentParser(prog="python -m data_utils", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -176,7 +176,7 @@ class _CountingLoader:
 
 def train(model, loader, config, *, device=None, checkpoint=None, model_config=None, progress: bool = True,
           every: int = 50):
-    """``data_utils.engine.train_detector`` for a notebook cell.
+    """``data_utils.training.engine.train_detector`` for a notebook cell.
 
     With ``checkpoint`` (a path), saves every ``every`` iterations and, when the
     file holds an *unfinished* run with the same settings (``config`` and
@@ -185,13 +185,13 @@ def train(model, loader, config, *, device=None, checkpoint=None, model_config=N
     run there is started over (delete the file to force a fresh start).
     Interrupting (the stop button, Ctrl-C) ends the cell with one line saying
     the iteration and where the checkpoint is, instead of a traceback.
-    Returns the :class:`~data_utils.engine.TrainState`.
+    Returns the :class:`~data_utils.training.engine.TrainState`.
     """
     import dataclasses
 
     import torch
 
-    from data_utils.engine import train_detector
+    from data_utils.training.engine import train_detector
 
     resume = False
     start = 0
@@ -439,7 +439,7 @@ def weights_problems(path: Path) -> list[str]:
         return [f"{path.name} is not a readable checkpoint ({type(error).__name__}): run the save cell again"]
     if not isinstance(payload, dict) or "model" not in payload or not payload.get("model_config"):
         return [f"{path.name} is not a checkpoint with its model_config: save it with "
-                "data_utils.engine.save_checkpoint(path, model, model_config={...})"]
+                "data_utils.training.engine.save_checkpoint(path, model, model_config={...})"]
     return []
 
 

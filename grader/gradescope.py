@@ -58,7 +58,7 @@ TORCH=$(grep -E '^torch==' constraints/ci.txt | cut -d= -f3)
 VISION=$(grep -E '^torchvision==' constraints/ci.txt | cut -d= -f3)
 "$ROOT/venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu "torch==$TORCH" "torchvision==$VISION"
 "$ROOT/venv/bin/pip" install --quiet -c constraints/ci.txt -e .
-COURSE_DATA="$ROOT/data" "$ROOT/venv/bin/python" -c "from data_utils.synthetic import ensure_embedded_dataset; ensure_embedded_dataset()"
+COURSE_DATA="$ROOT/data" "$ROOT/venv/bin/python" -c "from data_utils.data.synthetic import ensure_embedded_dataset; ensure_embedded_dataset()"
 "$ROOT/venv/bin/python" -m grader sandbox-info
 """
 

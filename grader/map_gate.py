@@ -4,7 +4,7 @@ Modes (``[<assignment>.map]`` in ``grader/rubric.toml``):
 
 ``weights``  (``--weights FILE``, or ``one_stage_weights.pt`` /
 ``two_stage_weights.pt`` found in the submission's folder or zip)
-    A checkpoint of :func:`data_utils.engine.save_checkpoint` (or a plain
+    A checkpoint of :func:`data_utils.training.engine.save_checkpoint` (or a plain
     ``state_dict``), read with ``torch.load(weights_only=True)``.  The
     model's construction (FPN width, stem channels, ...) comes from the
     checkpoint's ``model_config``; a checkpoint of the other assignment's
@@ -20,7 +20,7 @@ inference predicts the val images (:mod:`grader.reference_judge`; FPN conv
 names may differ).  Where the weights do not fit the reference's layers, a
 *fresh* sandbox loads them into the student's model and returns raw
 detections only.  Either way the grader maps boxes to original pixels and
-computes VOC07 mAP (:func:`data_utils.voc_eval.evaluate_detections`) against
+computes VOC07 mAP (:func:`data_utils.evaluation.voc_eval.evaluate_detections`) against
 its own ground truth.
 
 Thresholds per (dataset, schedule): the top-level ``reference_map``/
@@ -55,7 +55,7 @@ CONFIG_KEYS = ("num_classes", "fpn_channels", "stem_channels", "rpn_stem_channel
 def find_voc(voc_root: str | os.PathLike | None, split: str) -> tuple[Path | None, str]:
     """``(VOC2007 dir, "")`` or ``(None, reason)``; never downloads."""
     try:
-        from data_utils.download import ensure_voc2007
+        from data_utils.data.download import ensure_voc2007
 
         return ensure_voc2007(voc_root=voc_root, download=False, progress=False), ""
     except Exception as error:  # noqa: BLE001 - any reason the data is unusable
@@ -63,7 +63,7 @@ def find_voc(voc_root: str | os.PathLike | None, split: str) -> tuple[Path | Non
 
 
 def is_embedded(voc_dir: str | os.PathLike) -> bool:
-    from data_utils.synthetic import MARKER_NAME
+    from data_utils.data.synthetic import MARKER_NAME
 
     return (Path(voc_dir) / MARKER_NAME).is_file()
 
@@ -85,7 +85,7 @@ def find_weights(submission: str | os.PathLike | None, assignment: str) -> Path 
 def load_weights(path: str | os.PathLike, assignment: str | None = None) -> tuple[dict, dict]:
     """``(state_dict, model_config)`` from a student's file (plain tensors only).
 
-    Accepts a checkpoint of :func:`data_utils.engine.save_checkpoint` (its
+    Accepts a checkpoint of :func:`data_utils.training.engine.save_checkpoint` (its
     ``model_config`` gives the construction) or a bare state dict (empty
     config: the rubric's applies).  Raises ``ValueError`` naming the problem.
     """
@@ -93,7 +93,7 @@ def load_weights(path: str | os.PathLike, assignment: str | None = None) -> tupl
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a student's file
         raise ValueError(f"{Path(path).name} is not a PyTorch checkpoint readable with weights_only=True "
-                         f"({type(error).__name__}); save it with data_utils.engine.save_checkpoint") from None
+                         f"({type(error).__name__}); save it with data_utils.training.engine.save_checkpoint") from None
     config: dict = {}
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         config = payload.get("model_config") or {}
@@ -102,7 +102,7 @@ def load_weights(path: str | os.PathLike, assignment: str | None = None) -> tupl
         payload = payload["model"]
     if not isinstance(payload, dict) or not payload or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                                for k, v in payload.items()):
-        raise ValueError("expected a checkpoint of data_utils.engine.save_checkpoint (or a state_dict: parameter name -> tensor)")
+        raise ValueError("expected a checkpoint of data_utils.training.engine.save_checkpoint (or a state_dict: parameter name -> tensor)")
     detector = config.get("detector", config.get("model"))
     if assignment is not None and detector is not None and str(detector) not in DETECTORS[assignment]:
         raise ValueError(f"this is a checkpoint of a {detector!r} model, not of this assignment's "
@@ -154,7 +154,7 @@ def select_schedule(settings: dict, dataset: str, iters: int | None) -> tuple[st
 
 
 def _reference_detections(model, dataset, settings: dict, device: str) -> list:
-    from data_utils.inference import predict_dataset
+    from data_utils.training.inference import predict_dataset
 
     return predict_dataset(model, dataset, score_thresh=float(settings["score_thresh"]), nms_thresh=float(settings["nms_thresh"]),
                            batch_size=16, device=device, progress=False, num_workers=0)
@@ -198,7 +198,7 @@ def check_retrain_memory(train_set, train_limits: dict) -> None:
     """Raise :class:`grader.grade.GraderInfrastructureError` when the retraining sandbox's
     memory limit cannot hold the train split's uint8 images (kept in memory, no file) plus
     :data:`RETRAIN_HEADROOM_MB`: every submission would fail there, so no score may be recorded."""
-    from data_utils.cache import cache_bytes
+    from data_utils.data.cache import cache_bytes
     from grader.sandbox import DEFAULT_LIMITS
 
     cache_mb = -(-cache_bytes(train_set) // (1 << 20))
@@ -243,7 +243,7 @@ def map_results(sandbox, source: str, assignment: str, rubric: dict, *, weights=
         if voc_dir is None:
             if not settings.get("embedded_fallback", False):
                 return skip(reason)
-            from data_utils.synthetic import ensure_embedded_dataset
+            from data_utils.data.synthetic import ensure_embedded_dataset
 
             voc_dir = ensure_embedded_dataset()
     dataset_kind = "embedded" if is_embedded(voc_dir) else "voc"
@@ -278,8 +278,8 @@ def map_results(sandbox, source: str, assignment: str, rubric: dict, *, weights=
     result.title = (f"mAP gate ({mode}, {name} schedule): your {kind} reaches VOC07 mAP >= {threshold:.3f} on "
                     f"{'VOC 2007' if dataset_kind == 'voc' else 'the embedded dataset'} {settings['split']} "
                     f"(reference {float(schedule['reference_map']):.3f} - margin {float(schedule['margin']):.3f})")
-    from data_utils.voc import VOCDetection
-    from data_utils.voc_eval import evaluate_detections
+    from data_utils.data.voc import VOCDetection
+    from data_utils.evaluation.voc_eval import evaluate_detections
     from grader.sandbox import Sandbox
 
     dataset = VOCDetection(voc_dir, settings["split"])

@@ -3,7 +3,7 @@ classes, must fit a handful of images.
 
 Setting (``[<assignment>.overfit]`` in ``grader/rubric.toml``): the first
 ``num_images`` training images of the embedded offline dataset
-(:func:`data_utils.synthetic.ensure_embedded_dataset`), resized to
+(:func:`data_utils.data.synthetic.ensure_embedded_dataset`), resized to
 ``image_size`` px, trained full-batch with SGD (momentum 0.9, weight decay
 1e-4) on the CPU in the sandbox.  The RegNet trunk (given code) stays frozen at
 its seeded random initialisation: the test is about what students write (FPN,
@@ -50,8 +50,8 @@ STRIDES = FPN_STRIDES  # the one definition, in the conventions page
 
 def overfit_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 3, S, S), gt_boxes (N, 40, 5))`` of the overfit test."""
-    from data_utils.synthetic import ensure_embedded_dataset
-    from data_utils.voc import VOCDetection
+    from data_utils.data.synthetic import ensure_embedded_dataset
+    from data_utils.data.voc import VOCDetection
 
     dataset = VOCDetection(ensure_embedded_dataset(), "train")
     n = int(settings["num_images"])

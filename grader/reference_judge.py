@@ -28,7 +28,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from data_utils.voc import IMAGENET_MEAN, IMAGENET_STD
+from data_utils.data.voc import IMAGENET_MEAN, IMAGENET_STD
 
 #: Which detector each assignment trains, and the names a checkpoint's ``model_config["detector"]`` may use for it.
 DETECTOR_NAMES = {"FCOS": ("fcos", "FCOS", "one_stage"), "FasterRCNN": ("faster_rcnn", "FasterRCNN", "two_stage")}

@@ -58,8 +58,8 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Train and evaluate both reference detectors on the embedded offline dataset (CPU-sized)."""
-    from data_utils.experiment import run_experiment, save_samples_figure
-    from data_utils.synthetic import ensure_embedded_dataset, format_summary, summarize
+    from data_utils.data.synthetic import ensure_embedded_dataset, format_summary, summarize
+    from data_utils.training.experiment import run_experiment, save_samples_figure
     from solutions import main_job_figures
     from solutions.presets import build_detector, preset_with
 
@@ -116,9 +116,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Train and evaluate one reference detector with a preset."""
-    from data_utils.download import ensure_voc2007
-    from data_utils.experiment import run_experiment
-    from data_utils.synthetic import ensure_embedded_dataset
+    from data_utils.data.download import ensure_voc2007
+    from data_utils.data.synthetic import ensure_embedded_dataset
+    from data_utils.training.experiment import run_experiment
     from solutions.presets import build_detector, preset_with
 
     preset = preset_with(args.preset, max_iters=args.iters, lr=args.lr, batch_size=args.batch_size,
@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 when it did its work, 1 when it failed (bad dataset, failed download,
     non-finite loss), 2 (argparse's SystemExit) for bad usage."""
-    from data_utils.engine import NonFiniteLossError
     from data_utils.errors import DatasetError, DownloadError
+    from data_utils.training.engine import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:

@@ -3,8 +3,8 @@
 train``) run.
 
 Instructor-side: it builds the reference implementation, which students do not have.  The
-generic half -- :class:`data_utils.experiment.Preset` and
-:func:`data_utils.experiment.run_experiment`, which trains whatever model it is given -- stays in
+generic half -- :class:`data_utils.training.experiment.Preset` and
+:func:`data_utils.training.experiment.run_experiment`, which trains whatever model it is given -- stays in
 the student package.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from data_utils.engine import TrainConfig
-from data_utils.experiment import Preset
-from data_utils.head_init import HEAD_INITS, reinit_head_stems
-from data_utils.voc import VOC_CLASSES
+from data_utils.data.voc import VOC_CLASSES
+from data_utils.training.engine import TrainConfig
+from data_utils.training.experiment import Preset
+from data_utils.training.head_init import HEAD_INITS, reinit_head_stems
 from grader.functions import load_course
 from solutions.faster_rcnn import build_faster_rcnn
 from solutions.fcos import FCOS
@@ -50,7 +50,7 @@ def course_presets(course: Mapping[str, Any] | None = None) -> dict[str, Preset]
     """``<detector>-voc`` (the gpu profile: PASCAL VOC 2007, ImageNet backbone, the original
     course's schedule) and ``<detector>-embedded`` (the cpu profile: the embedded dataset from a
     random backbone -- from scratch the course's SGD at 1e-2 diverged, so AdamW with warm-up and
-    clipping, and PyTorch's initialisation of the head stems, see data_utils.head_init) for each
+    clipping, and PyTorch's initialisation of the head stems, see data_utils.training.head_init) for each
     detector, from the manifest.  The embedded runs are the main job's, which trains channels-last
     (oneDNN's convolutions are ~20% faster per step on a 2-core CPU; the notebooks stay contiguous,
     where a student's ``view()`` of an NHWC map would raise)."""

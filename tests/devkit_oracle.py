@@ -3,7 +3,7 @@
 Used as the oracle by ``tests/test_voc_eval.py`` and timed by
 ``benchmarks/bench_voc_eval.py`` (one copy, imported by both).  It follows the
 MATLAB code line by line, with plain Python loops and scalars, and deliberately
-shares no code with ``data_utils.voc_eval``:
+shares no code with ``data_utils.evaluation.voc_eval``:
 
 * per class, detections are listed image by image (the order of a results
   file), sorted by ``-confidence`` with a stable sort (MATLAB's ``sort`` is
@@ -17,7 +17,7 @@ shares no code with ``data_utils.voc_eval``:
 * ``prec = tp ./ (fp + tp)`` keeps the 0/0 = NaN rows of ignored detections
   and MATLAB's ``max`` skips NaN.
 
-Deviations from the MATLAB code, each also made by ``data_utils.voc_eval``:
+Deviations from the MATLAB code, each also made by ``data_utils.evaluation.voc_eval``:
 continuous coordinates (no ``+1`` in widths, heights and areas), AP ``NaN`` for a class with ``npos == 0`` and 0
 (not MATLAB's NaN) when every detection of the class was ignored.  The
 recall thresholds are MATLAB's ``0:0.1:1`` bit for bit (not ``i / 10``).

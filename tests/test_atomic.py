@@ -43,8 +43,8 @@ def test_the_file_gets_the_usual_permissions_not_mkstemps_0600(tmp_path):
 #: Files that may call os.replace themselves, and why (everything else writes through data_utils.atomic).
 OWN_REPLACE = {
     "data_utils/atomic.py": "the recipe itself",
-    "data_utils/download.py": "moves downloaded parts (kept between runs to resume) and extracted folders into place",
-    "data_utils/synthetic.py": "swaps a whole generated dataset folder",
+    "data_utils/data/download.py": "moves downloaded parts (kept between runs to resume) and extracted folders into place",
+    "data_utils/data/synthetic.py": "swaps a whole generated dataset folder",
 }
 
 

@@ -1,4 +1,4 @@
-"""Tests of data_utils.download against a real HTTP server on 127.0.0.1.
+"""Tests of data_utils.data.download against a real HTTP server on 127.0.0.1.
 
 The server (``Mirror``) serves small tars in the VOC layout, implements
 ``Range`` itself, can drop a connection after a number of body bytes, ignore
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from data_utils import download
-from data_utils.download import (
+from data_utils.data import download
+from data_utils.data.download import (
     TEST_FILENAME,
     TRAINVAL_FILENAME,
     VocArchive,
@@ -548,9 +548,9 @@ def test_every_default_data_folder_is_under_the_one_default_root(monkeypatch: py
                                                                  value: str) -> None:
     """The download, the embedded dataset and the tensor cache default to one folder, ``~`` expanded
     (the cache used to take ``$COURSE_DATA`` literally, so ``~/course-data`` made a folder named ``~``)."""
-    from data_utils.cache import default_cache_dir
-    from data_utils.download import default_root
-    from data_utils.synthetic import default_embedded_root
+    from data_utils.data.cache import default_cache_dir
+    from data_utils.data.download import default_root
+    from data_utils.data.synthetic import default_embedded_root
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("COURSE_DATA", value)

@@ -69,8 +69,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def fixed_batch(tmp_path_factory):
-    from data_utils.synthetic import ensure_embedded_dataset
-    from data_utils.voc import VOCDetection
+    from data_utils.data.synthetic import ensure_embedded_dataset
+    from data_utils.data.voc import VOCDetection
 
     voc = ensure_embedded_dataset(tmp_path_factory.mktemp("embedded"), num_train=16, num_val=1, num_test=1)
     dataset = VOCDetection(voc, "train", train=False)  # no random flips: a fixed batch

@@ -222,9 +222,9 @@ def test_the_notebook_helpers_are_never_imported_by_the_graded_code():
         "import data_utils.course_tools as tools",
         "from data_utils import course_tools",
         "from course_tools import check",
-        "from data_utils.engine import TrainConfig",
-        "from data_utils import voc",
+        "from data_utils.training.engine import TrainConfig",
+        "from data_utils.data import voc",
     ])
     kept, _ = clean_source(cell, "imports cell", notes=[], broken={})
     assert [line for line in kept.splitlines() if line.strip()] == [
-        "from data_utils.engine import TrainConfig", "from data_utils import voc"], kept
+        "from data_utils.training.engine import TrainConfig", "from data_utils.data import voc"], kept

@@ -154,7 +154,7 @@ def _describe(cycle: list[str], graph: dict[str, dict[str, int]], files: dict[st
 
 def test_the_project_has_no_import_cycle():
     files = module_files()
-    assert {"grader.grade", "data_utils.voc", "solutions.fcos", "assignments.build"} <= set(files)
+    assert {"grader.grade", "data_utils.data.voc", "solutions.fcos", "assignments.build"} <= set(files)
     graph = import_graph(files)
     found = tangles(graph)
     assert not found, "\n".join(_describe(cycle, graph, files) for cycle in found)
@@ -215,3 +215,46 @@ def test_the_reference_import_check_sees_an_import_inside_a_function(tmp_path):
                       "solutions/z.py": "from data_utils.b import os\n"})
     files = module_files(tmp_path, ("data_utils", "solutions"))
     assert reference_imports(files) == [("data_utils.a", "solutions.x", 2)]
+
+
+#: What each part of the student package may not import (a module or a package, and everything under it), so
+#: that the folders tell the truth about what depends on what: the data reach the model without the training
+#: loop or the evaluator, the evaluator judges detections without knowing how they were trained, and the shared
+#: modules at the top sit beneath all three.
+STUDENT_LAYERS: dict[str, tuple[str, ...]] = {
+    "data_utils.data": ("data_utils.training", "data_utils.evaluation"),
+    "data_utils.evaluation": ("data_utils.training",),
+    **{f"data_utils.{shared}": ("data_utils.data", "data_utils.training", "data_utils.evaluation")
+       for shared in ("conventions", "types", "errors", "atomic", "cli_options")},
+}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violations(files: dict[str, Path],
+                     layers: dict[str, tuple[str, ...]] = STUDENT_LAYERS) -> list[tuple[str, str, int]]:
+    """``(importer, imported, line)`` for every import (functions included) that ``layers`` forbids."""
+    graph = import_graph(files)
+    return [(importer, target, line) for importer, targets in sorted(graph.items())
+            for part, forbidden in layers.items() if _within(importer, part)
+            for target, line in sorted(targets.items()) if any(_within(target, f) for f in forbidden)]
+
+
+def test_the_student_package_folders_depend_one_way():
+    files = module_files()
+    assert {part for part in STUDENT_LAYERS if part in files} == set(STUDENT_LAYERS), "a layer names no module"
+    found = layer_violations(files)
+    assert not found, "data_utils imports against its layering (see STUDENT_LAYERS):\n" + "\n".join(
+        f"  {importer}:{line} imports {target}" for importer, target, line in found)
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path):
+    _write(tmp_path, {"data_utils/__init__.py": "", "data_utils/data/__init__.py": "",
+                      "data_utils/data/voc.py": "def f():\n    from data_utils.training.engine import g\n",
+                      "data_utils/training/__init__.py": "", "data_utils/training/engine.py": "g = 1\n",
+                      "data_utils/evaluation/__init__.py": "",
+                      "data_utils/evaluation/voc_eval.py": "from data_utils.data import voc\n"})
+    files = module_files(tmp_path, ("data_utils",))
+    assert layer_violations(files) == [("data_utils.data.voc", "data_utils.training.engine", 2)]

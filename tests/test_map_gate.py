@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_utils.engine import save_checkpoint
+from data_utils.training.engine import save_checkpoint
 from grader.functions import STUDENT_FUNCTIONS
 from grader.map_gate import find_weights, load_weights, map_results, model_config, select_schedule
 from grader.rubric import load_rubric
@@ -111,7 +111,7 @@ def test_a_gate_that_cannot_run_is_skipped_with_the_reason(tmp_path):
 
 @pytest.mark.slow
 def test_weights_of_any_width_judged_in_the_parent_and_renamed_layers_too(tmp_path):
-    from data_utils.synthetic import ensure_embedded_dataset
+    from data_utils.data.synthetic import ensure_embedded_dataset
     from grader.sandbox import Sandbox
 
     rubric = copy.deepcopy(load_rubric())

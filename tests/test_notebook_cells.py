@@ -108,7 +108,7 @@ def _is_overfit(cell) -> bool:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from data_utils.synthetic import ensure_embedded_dataset
+    from data_utils.data.synthetic import ensure_embedded_dataset
 
     root = tmp_path_factory.mktemp("course_data")
     ensure_embedded_dataset(root / "embedded")
@@ -172,7 +172,7 @@ def _batches(n: int, interrupt_at: int | None = None):
 
 def test_interrupting_a_training_cell_says_where_it_stopped_and_the_rerun_resumes(tmp_path, capsys):
     from data_utils import course_tools
-    from data_utils.engine import TrainConfig
+    from data_utils.training.engine import TrainConfig
 
     config = TrainConfig(max_iters=20, lr=0.1, optimizer="adamw")
     path = tmp_path / "one_stage_checkpoint_cpu.pt"
@@ -198,7 +198,7 @@ def test_interrupting_a_training_cell_says_where_it_stopped_and_the_rerun_resume
 
 def test_interrupting_without_a_checkpoint_says_so():
     from data_utils import course_tools
-    from data_utils.engine import TrainConfig
+    from data_utils.training.engine import TrainConfig
 
     with pytest.raises(course_tools.TrainingStopped, match=r"stopped at iteration 3 of 10; no checkpoint"):
         course_tools.train(_TinyDetector(), _batches(100, interrupt_at=3), TrainConfig(max_iters=10), device="cpu",

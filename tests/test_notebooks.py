@@ -205,7 +205,7 @@ sys.path[:] = [{str(target)!r}, {sysconfig.get_paths()["purelib"]!r}] + [
 import importlib.util
 assert importlib.util.find_spec("solutions") is None, "solutions is importable"
 assert importlib.util.find_spec("grader.checks") is None, "hidden checks are importable"
-import data_utils.voc, data_utils.engine, data_utils.voc_eval, data_utils.visualize, data_utils.synthetic
+import data_utils.data.voc, data_utils.training.engine, data_utils.evaluation.voc_eval, data_utils.evaluation.visualize, data_utils.data.synthetic
 from grader.sanity import run_sanity
 import torch
 
@@ -279,7 +279,7 @@ def test_submission_carries_the_saved_weights_with_a_size_check(built, tmp_path,
     import torch
 
     from data_utils import course_tools
-    from data_utils.engine import save_checkpoint
+    from data_utils.training.engine import save_checkpoint
 
     path = tmp_path / "one_stage.ipynb"
     nbformat.write(built["one_stage"], path)

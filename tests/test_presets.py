@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from torch import nn
 
-from data_utils.head_init import reinit_head_stems
+from data_utils.training.head_init import reinit_head_stems
 from solutions.presets import PRESETS, build_detector, preset_with
 
 

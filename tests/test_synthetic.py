@@ -1,4 +1,4 @@
-"""Tests of the embedded offline dataset generator (data_utils/synthetic.py)."""
+"""Tests of the embedded offline dataset generator (data_utils/data/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_utils import synthetic
+from data_utils.data import synthetic
+from data_utils.data.synthetic import (
+    EMBEDDED_CLASSES,
+    MARKER_NAME,
+    ensure_embedded_dataset,
+    generate_dataset,
+    summarize,
+)
 from data_utils.errors import DatasetError
-from data_utils.synthetic import EMBEDDED_CLASSES, MARKER_NAME, ensure_embedded_dataset, generate_dataset, summarize
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -329,6 +335,17 @@ def test_reuse_does_not_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert generate_dataset(tmp_path, **params) == voc
     assert ensure_embedded_dataset(tmp_path, **params) == voc
     assert {p: p.stat().st_mtime_ns for p in voc.rglob("*")} == before
+
+
+def test_datasets_generated_before_the_package_moved_are_still_reused(small_voc: Path) -> None:
+    """The module moved (data_utils/synthetic.py -> data_utils/data/synthetic.py) without changing its output,
+    so the marker, compared whole, and the annotations still name the generator as version 1 wrote it: a
+    dataset generated before the move is reused, not refused as another generator's."""
+    import json
+
+    assert json.loads((small_voc / MARKER_NAME).read_text(encoding="utf-8"))["generator"] == "data_utils.synthetic"
+    xml = next((small_voc / "Annotations").iterdir()).read_text(encoding="utf-8")
+    assert "<annotation>data_utils.synthetic v1</annotation>" in xml
 
 
 def test_mismatched_parameters(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ import statistics
 import pytest
 import torch
 
-from data_utils.synthetic import ensure_embedded_dataset
-from data_utils.voc import VOCDetection
+from data_utils.data.synthetic import ensure_embedded_dataset
+from data_utils.data.voc import VOCDetection
 from solutions.backbone import DetectorBackboneWithFPN
 from solutions.box_ops import iou
 from solutions.faster_rcnn import FasterRCNN

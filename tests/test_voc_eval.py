@@ -1,4 +1,4 @@
-"""Tests of data_utils.voc_eval (VOC mAP) and data_utils.eval_plots.
+"""Tests of data_utils.evaluation.voc_eval (VOC mAP) and data_utils.evaluation.eval_plots.
 
 The oracle is ``tests/devkit_oracle.py``: a literal, loop-by-loop transcription
 of the devkit's VOCevaldet.m that shares no code with the implementation.  The
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from data_utils.conventions import Detections
-from data_utils.eval_plots import plot_class_ap, plot_precision_recall
+from data_utils.evaluation.eval_plots import plot_class_ap, plot_precision_recall
+from data_utils.evaluation.voc_eval import VOCEvalResult, average_precision, evaluate_detections
 from data_utils.types import GroundTruth
-from data_utils.voc_eval import VOCEvalResult, average_precision, evaluate_detections
 from tests.devkit_oracle import devkit_class_ap, devkit_eval, random_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_hand_computed_cases(name):
 
 def test_recall_thresholds_are_matlab_colon_bit_for_bit():
     """VOCevaldet.m samples recall at MATLAB's 0:0.1:1: 3*0.1 in the first half, 1 - k*0.1 in the second."""
-    from data_utils.voc_eval import RECALL_THRESHOLDS_07, matlab_colon
+    from data_utils.evaluation.voc_eval import RECALL_THRESHOLDS_07, matlab_colon
 
     assert RECALL_THRESHOLDS_07.tolist()[3] == 0.30000000000000004 != 0.3
     assert RECALL_THRESHOLDS_07.tolist()[:3] + RECALL_THRESHOLDS_07.tolist()[4:] == [0.0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -589,7 +589,7 @@ def test_class_ap_plot(tmp_path):
 def test_plots_module_does_not_touch_pyplot_or_backend():
     code = (
         "import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend'); b = raw(); "
-        "import data_utils.eval_plots, data_utils.voc_eval; "
+        "import data_utils.evaluation.eval_plots, data_utils.evaluation.voc_eval; "
         "assert 'matplotlib.pyplot' not in sys.modules; "
         "assert raw() == b; print('ok')"
     )

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_utils.cache import CachedVOC, build_cache
+from data_utils.data.cache import CachedVOC, build_cache
+from data_utils.data.loaders import build_loader
+from data_utils.data.voc import VOC_CLASSES, VOCDetection, denormalize, parse_annotation, to_network_input
 from data_utils.errors import DatasetError
-from data_utils.loaders import build_loader
-from data_utils.voc import VOC_CLASSES, VOCDetection, denormalize, parse_annotation, to_network_input
 from tests.voc_factory import Img, Obj, annotation_xml, write_voc
 
 LANDSCAPE = Img("000001", 448, 224, [Obj("dog", (11, 21, 110, 120)), Obj("cat", (301, 101, 400, 200), difficult=True)])

@@ -162,7 +162,7 @@ def proc_fpn_permutations(ns, spec, devices):
 def _normalize(images_uint8, device):
     import torch
 
-    from data_utils.voc import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the sandbox provides data_utils)
+    from data_utils.data.voc import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the sandbox provides data_utils)
 
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -285,21 +285,21 @@ def proc_train(ns, spec, devices):
     normalised there, as the main job does."""
     import torch
 
-    from data_utils.engine import TrainConfig, train_detector
-    from data_utils.loaders import build_loader
-    from data_utils.voc import VOCDetection
+    from data_utils.data.loaders import build_loader
+    from data_utils.data.voc import VOCDetection
+    from data_utils.training.engine import TrainConfig, train_detector
 
     device = torch.device(spec.get("device", "cuda"))
     seed = int(spec.get("seed", 0))
     _seed(seed)
     model = build_detector(ns, spec)
     if spec.get("head_init") == "pytorch":
-        # The from-scratch recipe of the embedded presets (data_utils.head_init).
-        from data_utils.head_init import reinit_head_stems
+        # The from-scratch recipe of the embedded presets (data_utils.training.head_init).
+        from data_utils.training.head_init import reinit_head_stems
 
         reinit_head_stems(model)
     dataset = VOCDetection(spec["voc_dir"], spec.get("split", "train"), train=True)
-    from data_utils.cache import CachedVOC
+    from data_utils.data.cache import CachedVOC
 
     # The uint8 images stay in memory, never in a file: the scratch folder is a small tmpfs
     # (VOC's train split is ~0.4 GB, and a file there would hold a second copy in memory).

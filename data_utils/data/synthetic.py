@@ -105,7 +105,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_utils.cli_options import EXIT_FAILURE, EXIT_OK, add_data_root, add_no_progress, add_seed
-from data_utils.download import default_root
+from data_utils.data.download import default_root
 from data_utils.errors import DatasetError
 
 __all__ = [
@@ -618,6 +618,8 @@ def _annotation_xml(image_id: str, width: int, height: int, objects: Iterable[Ob
         f"\t<filename>{image_id}.jpg</filename>",
         "\t<source>",
         "\t\t<database>Embedded synthetic VOC2007-style dataset</database>",
+        # The generator's name as of version 1 (before data_utils/data/ existed): part of the dataset's
+        # bytes, so it stays while GENERATOR_VERSION does.
         f"\t\t<annotation>data_utils.synthetic v{GENERATOR_VERSION}</annotation>",
         "\t\t<image>synthetic</image>",
         "\t</source>",
@@ -671,6 +673,8 @@ def _params(num_train: int, num_val: int, num_test: int, seed: int) -> dict[str,
 
 def _marker(params: dict[str, int]) -> dict[str, Any]:
     return {
+        # An identifier, not an import path: the marker is compared whole, so renaming it would reject
+        # every dataset already generated (the module moved to data_utils/data/ with no change of output).
         "generator": "data_utils.synthetic",
         "version": GENERATOR_VERSION,
         "params": params,
@@ -909,7 +913,7 @@ def _readable_by_others(folder: Path) -> Path:
 
 
 def default_embedded_root() -> Path:
-    """``embedded`` under the course's data folder (:func:`data_utils.download.default_root`:
+    """``embedded`` under the course's data folder (:func:`data_utils.data.download.default_root`:
     ``$COURSE_DATA``, else ``~/.cache/detection-course``)."""
     return default_root() / "embedded"
 

@@ -3,7 +3,7 @@
 Decoding and resizing JPEGs costs ~3 ms per image per core; a 224px split of
 VOC 2007 as uint8 is ~380 MB, which fits in memory (or on a GPU) and turns an
 epoch of loading into a few tensor gathers.  The cached items are bit-for-bit
-the items of :class:`data_utils.voc.VOCDetection` (same letterbox, same
+the items of :class:`data_utils.data.voc.VOCDetection` (same letterbox, same
 normalisation, same flip rule), so the cache changes speed and nothing else.
 """
 
@@ -19,17 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_torch_save
-from data_utils.download import default_root
+from data_utils.data.download import default_root
 from data_utils.errors import DatasetError
 from data_utils.types import GroundTruth
-from data_utils.voc import VOCDetection, hflip, hflip_boxes, normalize_uint8
+from data_utils.data.voc import VOCDetection, hflip, hflip_boxes, normalize_uint8
 
 CACHE_VERSION = 1
 Batch = tuple[list[str], torch.Tensor, torch.Tensor]
 
 
 def default_cache_dir() -> Path:
-    """``cache`` under the course's data folder (:func:`data_utils.download.default_root`:
+    """``cache`` under the course's data folder (:func:`data_utils.data.download.default_root`:
     ``$COURSE_DATA``, else ``~/.cache/detection-course``)."""
     return default_root() / "cache"
 
@@ -159,7 +159,7 @@ class CachedVOC(Dataset):
         """Yield ``(image_ids, images (B,3,S,S), gt_boxes (B,M,5))`` on the cache's device.
 
         Images are normalised float32, or with ``uint8=True`` the flipped but
-        unnormalised bytes, for :func:`data_utils.voc.to_network_input` to
+        unnormalised bytes, for :func:`data_utils.data.voc.to_network_input` to
         normalise on the device the model runs on.
         """
         shuffle = self.train if shuffle is None else shuffle

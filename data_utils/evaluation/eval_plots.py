@@ -1,4 +1,4 @@
-"""Plots of a :class:`data_utils.voc_eval.VOCEvalResult` (matplotlib).
+"""Plots of a :class:`data_utils.evaluation.voc_eval.VOCEvalResult` (matplotlib).
 
 Both functions draw on ``ax`` when given, else on a new
 :class:`matplotlib.figure.Figure` created *without* pyplot: nothing is
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
 
-    from data_utils.voc_eval import VOCEvalResult
+    from data_utils.evaluation.voc_eval import VOCEvalResult
 
 __all__ = ["ReportFigure", "plot_precision_recall", "plot_class_ap"]
 
@@ -69,7 +69,7 @@ def plot_precision_recall(
     """One precision-recall curve per class, its AP in the legend.
 
     Args:
-        result: what :func:`data_utils.voc_eval.evaluate_detections` returned.
+        result: what :func:`data_utils.evaluation.voc_eval.evaluate_detections` returned.
         classes: indices or names to draw; default: every class with ground
             truth.  A class without counted detections gets an empty curve
             (still listed in the legend with its AP).

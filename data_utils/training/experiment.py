@@ -29,13 +29,13 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from data_utils.engine import TrainConfig, final_loss, train_detector
-from data_utils.eval_plots import plot_class_ap, plot_precision_recall
-from data_utils.inference import export_voc_results, predict_dataset, save_detections
-from data_utils.loaders import build_loader
-from data_utils.visualize import plot_gt_vs_pred, plot_loss_history, plot_samples
-from data_utils.voc import VOC_CLASSES, VOCDetection
-from data_utils.voc_eval import VOCEvalResult, evaluate_detections
+from data_utils.data.loaders import build_loader
+from data_utils.data.voc import VOC_CLASSES, VOCDetection
+from data_utils.evaluation.eval_plots import plot_class_ap, plot_precision_recall
+from data_utils.evaluation.visualize import plot_gt_vs_pred, plot_loss_history, plot_samples
+from data_utils.evaluation.voc_eval import VOCEvalResult, evaluate_detections
+from data_utils.training.engine import TrainConfig, final_loss, train_detector
+from data_utils.training.inference import export_voc_results, predict_dataset, save_detections
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Preset:
     show_thresh: float = 0.4
     #: How the prediction heads' stem convs start: "course" keeps the
     #: assignment's N(0, 0.01) (right for an ImageNet backbone); "pytorch"
-    #: re-initialises them with PyTorch's default (see :func:`data_utils.head_init.reinit_head_stems`).
+    #: re-initialises them with PyTorch's default (see :func:`data_utils.training.head_init.reinit_head_stems`).
     head_init: str = "course"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -521,7 +521,7 @@ def evaluate_detections(
     num_classes = int(num_classes)
     if class_names is None:
         if num_classes == 20:
-            from data_utils.voc import VOC_CLASSES
+            from data_utils.data.voc import VOC_CLASSES
 
             names = tuple(VOC_CLASSES)
         else:

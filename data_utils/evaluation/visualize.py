@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from data_utils.conventions import PADDING
-from data_utils.voc import VOC_CLASSES, denormalize
+from data_utils.data.voc import VOC_CLASSES, denormalize
 
 
 def class_color(class_id: int) -> tuple[float, float, float]:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_torch_save
-from data_utils.voc import to_network_input
+from data_utils.data.voc import to_network_input
 
 Batch = tuple[list[str], torch.Tensor, torch.Tensor]
 
@@ -150,7 +150,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     except Exception as error:
         raise ValueError(f"{path}: not a readable checkpoint ({error}); was the file truncated?") from error
     if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"{path}: not a checkpoint written by data_utils.engine.save_checkpoint")
+        raise ValueError(f"{path}: not a checkpoint written by data_utils.training.engine.save_checkpoint")
     if model is not None:
         model.load_state_dict(payload["model"])
     return payload

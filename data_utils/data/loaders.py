@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from data_utils.cache import Batch, CachedLoader, CachedVOC
-from data_utils.voc import VOCDetection
+from data_utils.data.cache import Batch, CachedLoader, CachedVOC
+from data_utils.data.voc import VOCDetection
 
 
 def collate_detection(items: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> Batch:
@@ -45,8 +45,8 @@ def build_loader(
     otherwise JPEGs are decoded by ``num_workers`` worker processes.
     ``seed`` makes the shuffling order reproducible.  ``uint8=True`` (cache
     only) yields unnormalised uint8 images for
-    :func:`data_utils.voc.to_network_input` to normalise on the model's
-    device, as :func:`data_utils.engine.train_detector` does.
+    :func:`data_utils.data.voc.to_network_input` to normalise on the model's
+    device, as :func:`data_utils.training.engine.train_detector` does.
     """
     shuffle = dataset.train if shuffle is None else shuffle
     drop_last = dataset.train if drop_last is None else drop_last

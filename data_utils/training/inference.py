@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_torch_save
 from data_utils.conventions import Detections
-from data_utils.engine import autocast, autocast_dtype
-from data_utils.loaders import build_loader
-from data_utils.voc import to_network_input
+from data_utils.data.loaders import build_loader
+from data_utils.data.voc import to_network_input
+from data_utils.training.engine import autocast, autocast_dtype
 
 
 @torch.inference_mode()
