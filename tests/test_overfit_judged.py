@@ -27,21 +27,26 @@ class FCOS(torch.nn.Module):
         return {"loss_cls": self.w * 0 + 0.1}
 '''
 
-#: Three lines replacing the harness's overfit procedure inside the child with a perfect curve.
-PATCHED_PROCEDURE = '''
-import sys as _s
-_m = _s.modules.get("__main__")
-if _m is not None and hasattr(_m, "PROCEDURES"):
-    _m.PROCEDURES["overfit"] = lambda ns, spec, devices: {"history": {"total": [0.0] * 40}, "seconds": 1.0}
+#: Finds the harness's procedure table from inside the submission (the garbage collector sees every
+#: module's globals; the harness runs in the same process as the student's code, so nothing in it is
+#: out of reach) -- then the two patches below.
+_FIND_HARNESS = '''
+import gc as _gc
+_m = next((d for d in _gc.get_objects() if isinstance(d, dict) and isinstance(d.get("PROCEDURES"), dict)
+           and "overfit" in d["PROCEDURES"]), None)
+'''
+
+#: Replacing the harness's overfit procedure inside the child with a perfect curve.
+PATCHED_PROCEDURE = _FIND_HARNESS + '''
+if _m is not None:
+    _m["PROCEDURES"]["overfit"] = lambda ns, spec, devices: {"history": {"total": [0.0] * 40}, "seconds": 1.0}
 '''
 
 #: The same patch, returning the weights of an untrained model of the right architecture.
-PATCHED_UNTRAINED = '''
-import sys as _s
-_m = _s.modules.get("__main__")
-if _m is not None and hasattr(_m, "PROCEDURES"):
-    _m.PROCEDURES["overfit"] = lambda ns, spec, devices: {"history": {"total": [0.0] * 40},
-        "state_dict": _m.to_plain(dict(_m.build_detector(ns, spec).state_dict()))}
+PATCHED_UNTRAINED = _FIND_HARNESS + '''
+if _m is not None:
+    _m["PROCEDURES"]["overfit"] = lambda ns, spec, devices: {"history": {"total": [0.0] * 40},
+        "state_dict": _m["to_plain"](dict(_m["build_detector"](ns, spec).state_dict()))}
 '''
 
 
