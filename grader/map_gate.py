@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from data_utils.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult
 from grader.rubric import limits_for
 
@@ -173,7 +174,7 @@ def predict_in_sandbox(sandbox, source: str, assignment: str, settings: dict, st
         images = torch.stack([dataset.load_uint8(i) for i in indices])
         spec = {"op": "predict", "model": settings["model"], "config": dict(config or settings["config"]), "state_dict": state_dict,
                 "images": images, "score_thresh": float(settings["score_thresh"]), "nms_thresh": float(settings["nms_thresh"]),
-                "batch_size": 16, "device": device}
+                "batch_size": 16, "device": device, "pixel_mean": list(IMAGENET_MEAN), "pixel_std": list(IMAGENET_STD)}
         values, failure, _ = run_jobs(sandbox, source, assignment, None, [spec], isolate=False, defined=defined,
                                       limits={**limits, "threads": threads})
         if failure is not None:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from data_utils.conventions import FPN_STRIDES
+from data_utils.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from grader.functions import CLASSES, STUDENT_FUNCTIONS
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult
 from grader.rubric import limits_for
@@ -82,6 +83,7 @@ def overfit_spec(assignment: str, settings: dict, threads: int = 1) -> dict:
     images, gt = overfit_data(settings)
     spec = {
         "op": "overfit", "model": settings["model"], "config": dict(settings["config"]),
+        "pixel_mean": list(IMAGENET_MEAN), "pixel_std": list(IMAGENET_STD),
         "images": images, "gt_boxes": gt, "iters": int(settings["iters"]), "batch_size": int(settings["batch_size"]),
         "lr": float(settings["lr"]), "momentum": 0.9, "weight_decay": 1e-4, "seed": int(settings.get("seed", 0)),
         # No early stop: the judged weights are those after exactly ``iters`` iterations
