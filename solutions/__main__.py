@@ -29,7 +29,7 @@ from data_utils.cli_options import (
     add_seed,
     add_voc_root,
 )
-from solutions.presets import DETECTORS, PRESETS
+from solutions.presets import DETECTORS, MAIN_JOB_RECIPE, PRESETS, STEP_RECIPES
 
 
 def summary_table(results: dict[str, dict]) -> str:
@@ -50,9 +50,9 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=None, help="training iterations per detector (default: the preset's)")
     add_device(parser)
     add_seed(parser, help="seed of the initialisation, the shuffling and the flips (default: the preset's, 0)")
-    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default=None,
-                        help="memory format of the training step (default: the preset's, channels_last; "
-                             "benchmarks/bench_main_job.py compares the two)")
+    parser.add_argument("--recipe", choices=tuple(STEP_RECIPES), default=MAIN_JOB_RECIPE,
+                        help="how the training step is computed: memory format and optimiser kernel (default: "
+                             "%(default)s; benchmarks/bench_main_job.py compares them)")
     add_no_progress(parser, help="no progress bars; one line when each long stage starts and ends, for logs")
 
 
@@ -78,7 +78,7 @@ def cmd_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     results = {}
     for detector in detectors:
         preset = preset_with(f"{detector}-embedded", max_iters=args.iters, seed=args.seed,
-                             channels_last=None if args.memory_format is None else args.memory_format == "channels_last")
+                             **STEP_RECIPES[args.recipe])
         print(f"\n== {detector}: {preset.train.max_iters} iterations, batch {preset.batch_size}, "
               f"FPN {preset.fpn_channels}, random init ==")
         results[detector] = run_experiment(preset, voc_dir, args.out / detector, model=lambda p=preset: build_detector(p),

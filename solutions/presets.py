@@ -27,6 +27,27 @@ from solutions.fcos import FCOS
 DETECTORS = ("fcos", "faster_rcnn")
 #: The assignment whose notebook profiles each detector's presets come from.
 ASSIGNMENT_OF = {"fcos": "one_stage", "faster_rcnn": "two_stage"}
+#: The training step's recipes: how a step is computed, not what it computes (same model, data,
+#: schedule and update rule; the memory layout and the optimiser's kernel change the rounding only).
+#: The main job's is the first; the others are the earlier recipes benchmarks/bench_main_job.py
+#: measures it against (solutions/main_job_figures.py records runs of each).
+STEP_RECIPES: dict[str, dict[str, bool]] = {
+    "channels_last_fused": {"channels_last": True, "fused_optimizer": True},
+    "channels_last": {"channels_last": True, "fused_optimizer": False},
+    "contiguous": {"channels_last": False, "fused_optimizer": False},
+}
+MAIN_JOB_RECIPE = "channels_last_fused"
+
+
+def step_recipe(train: TrainConfig) -> str:
+    """The name in :data:`STEP_RECIPES` of ``train``'s step settings; ValueError for a mix no recipe names."""
+    settings = {"channels_last": train.channels_last, "fused_optimizer": train.fused_optimizer}
+    for name, recipe in STEP_RECIPES.items():
+        if recipe == settings:
+            return name
+    raise ValueError(f"no step recipe has the settings {settings}; choose one of {sorted(STEP_RECIPES)}")
+
+
 #: Preset name suffix -> the notebook profile it is (``[<assignment>.profiles.<profile>]`` of grader/course.toml).
 PROFILE_OF = {"voc": "gpu", "embedded": "cpu"}
 
@@ -51,15 +72,16 @@ def course_presets(course: Mapping[str, Any] | None = None) -> dict[str, Preset]
     course's schedule) and ``<detector>-embedded`` (the cpu profile: the embedded dataset from a
     random backbone -- from scratch the course's SGD at 1e-2 diverged, so AdamW with warm-up and
     clipping, and PyTorch's initialisation of the head stems, see data_utils.training.head_init) for each
-    detector, from the manifest.  The embedded runs are the main job's, which trains channels-last
-    (oneDNN's convolutions are ~20% faster per step on a 2-core CPU; the notebooks stay contiguous,
-    where a student's ``view()`` of an NHWC map would raise)."""
+    detector, from the manifest.  The embedded runs are the main job's, whose step follows
+    :data:`MAIN_JOB_RECIPE`: channels-last (oneDNN's convolutions are ~20% faster per step on a 2-core
+    CPU; the notebooks stay contiguous, where a student's ``view()`` of an NHWC map would raise) and the
+    fused optimiser kernel."""
     course = load_course() if course is None else course
     presets = {}
     for detector in DETECTORS:
         profiles = course[ASSIGNMENT_OF[detector]]["profiles"]
         for suffix, profile in PROFILE_OF.items():
-            overrides = {"channels_last": True} if suffix == "embedded" else {}
+            overrides = STEP_RECIPES[MAIN_JOB_RECIPE] if suffix == "embedded" else {}
             presets[f"{detector}-{suffix}"] = preset_from_profile(detector, profiles[profile], **overrides)
     return presets
 

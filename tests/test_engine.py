@@ -247,3 +247,22 @@ def test_channels_last_trains_the_same_numbers_in_the_other_layout(voc, tmp_path
     plain = TinyDetector()
     load_checkpoint(tmp_path / "clTrue.pt", plain)
     torch.testing.assert_close(plain.conv.weight, runs[True][1].conv.weight.contiguous())
+
+
+def test_fused_optimizer_takes_the_same_steps_with_one_kernel(voc, tmp_path):
+    """The main job's presets use the optimisers' fused kernels for speed: the flag must reach the
+    optimiser (its saved state says so) and change the rounding only, for AdamW and SGD alike."""
+    for optimizer in ("adamw", "sgd"):
+        runs = {}
+        for fused in (False, True):
+            loader = build_loader(VOCDetection(voc, "train", train=True), batch_size=2, num_workers=0, seed=0)
+            torch.manual_seed(0)
+            model = TinyDetector()
+            path = tmp_path / f"{optimizer}{fused}.pt"
+            state = train_detector(model, loader, TrainConfig(max_iters=8, optimizer=optimizer, lr=0.05,
+                                                              fused_optimizer=fused),
+                                   device="cpu", progress=False, checkpoint_path=path)
+            assert bool(load_checkpoint(path)["optimizer"]["param_groups"][0]["fused"]) == fused, optimizer
+            runs[fused] = (state.history["total"], model.box.detach().clone())
+        assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4), optimizer
+        torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)

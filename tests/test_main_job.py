@@ -45,6 +45,7 @@ def test_main_job_trains_evaluates_and_writes_everything(tmp_path, capsys):
         assert metrics["iterations"] == 2
         assert 0.0 <= metrics["map_voc07"] <= 1.0 and 0.0 <= metrics["map_all_point"] <= 1.0
         assert metrics["eval_images"] == 96 and metrics["eval_split"] == "val"
+        assert (metrics["memory_format"], metrics["fused_optimizer"]) == ("channels_last", True), "the main job's recipe"
         assert f"{detector}: VOC07 mAP" in printed
         table = (out / detector / "ap_table.txt").read_text()
         assert "aeroplane" in table and "96 images" in table

@@ -56,6 +56,7 @@ def test_presets_are_the_manifests_profiles(tmp_path):
 
     embedded, voc = PRESETS["fcos-embedded"], PRESETS["faster_rcnn-voc"]
     assert (embedded.train.max_iters, embedded.train.optimizer, embedded.train.channels_last) == (600, "adamw", True)
+    assert embedded.train.fused_optimizer and not voc.train.fused_optimizer and not voc.train.channels_last
     assert (voc.train.max_iters, voc.train.lr, voc.extra) == (9000, 1e-2, {"pre_nms_topk": 500, "post_nms_topk": 200})
     manifest = tmp_path / "course.toml"
     text = Path(COURSE_PATH).read_text()
@@ -66,3 +67,17 @@ def test_presets_are_the_manifests_profiles(tmp_path):
                "print(P['fcos-embedded'].train.max_iters, P['faster_rcnn-embedded'].train.max_iters)")
     done = subprocess.run([sys.executable, "-c", program, str(manifest)], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["601", "600"]
+
+
+def test_step_recipes_name_the_main_jobs_and_the_earlier_ones():
+    """The main job trains with :data:`MAIN_JOB_RECIPE`; every recipe the benchmark compares maps to its
+    settings and back, and a mix no recipe names is refused (so a recorded run is never mislabelled)."""
+    from solutions.presets import MAIN_JOB_RECIPE, STEP_RECIPES, step_recipe
+
+    for detector in ("fcos", "faster_rcnn"):
+        assert step_recipe(PRESETS[f"{detector}-embedded"].train) == MAIN_JOB_RECIPE == "channels_last_fused"
+        assert step_recipe(PRESETS[f"{detector}-voc"].train) == "contiguous", "the notebooks' step"
+    for name, settings in STEP_RECIPES.items():
+        assert step_recipe(replace(PRESETS["fcos-embedded"].train, **settings)) == name
+    with pytest.raises(ValueError, match="no step recipe"):
+        step_recipe(replace(PRESETS["fcos-embedded"].train, channels_last=False, fused_optimizer=True))

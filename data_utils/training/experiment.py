@@ -143,6 +143,7 @@ def run_experiment(
         "eval_split": eval_split,
         "seed": preset.train.seed,
         "memory_format": "channels_last" if preset.train.channels_last else "contiguous",
+        "fused_optimizer": preset.train.fused_optimizer,
         "torch_threads": torch.get_num_threads(),
         "machine": machine_description(),
     }
