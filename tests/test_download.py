@@ -115,6 +115,8 @@ class Route:
     drop_after: list[int | None] = field(default_factory=list)
     ignore_range: bool = False
     redirect_to: str | None = None
+    #: Seconds to wait between the headers and the body (a slow mirror).
+    body_delay: float = 0.0
 
 
 @dataclass
@@ -194,6 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-tar")
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
+        self.wfile.flush()
+        time.sleep(route.body_delay)
         payload = body[start:] if drop is None else body[start : start + drop]
         self.wfile.write(payload)
         self.wfile.flush()
@@ -395,6 +399,47 @@ def test_all_mirrors_down_fails_fast_listing_every_url(
     assert str(tmp_path / TRAINVAL_FILENAME) in message, "must say where to put the file by hand"
     assert "VOC_ROOT" in message
     assert not (tmp_path / "VOCdevkit").exists()
+
+
+def test_offline_says_so_on_the_first_line_with_how_to_use_an_existing_copy(
+    tmp_path: Path, closed_port_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No mirror answers: the first line alone must tell the user what to do (the details follow)."""
+    monkeypatch.setattr(download, "ARCHIVES", trainval_table(closed_port_url, closed_port_url))
+
+    assert main(["--data-root", str(tmp_path), "--no-progress"]) == 1
+
+    first, *details = capsys.readouterr().err.splitlines()
+    assert "offline" in first and "--voc-root" in first and "VOC_ROOT" in first
+    assert str(tmp_path / TRAINVAL_FILENAME) in first
+    assert sum(line.startswith(f"  - {closed_port_url}: ") for line in details) == 2, "every URL tried is listed"
+
+
+def test_a_host_that_answers_is_not_called_offline(mirror: Mirror, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as info:
+        ensure_voc2007(tmp_path, archive_table=trainval_table(mirror.url("/missing" + PATH)), **FAST)
+    first = str(info.value).splitlines()[0]
+    assert "offline" not in first and "--voc-root" in first
+
+
+def test_a_body_slower_than_the_connect_timeout_is_not_cut_off(mirror: Mirror, tmp_path: Path) -> None:
+    """``(connect, read)``: the first bounds reaching the host, the second each read of the body."""
+    table = trainval_table(mirror.serve(PATH, TRAINVAL_TAR, body_delay=1.0))
+
+    ensure_voc2007(tmp_path, archive_table=table, **{**FAST, "timeout": (0.3, 5.0)})
+
+    assert [(r.range, r.status) for r in mirror.requests] == [(None, 200)]
+    assert_extracted(tmp_path)
+
+
+def test_a_single_number_timeout_bounds_a_stalled_body(mirror: Mirror, tmp_path: Path) -> None:
+    url = mirror.serve(PATH, TRAINVAL_TAR, body_delay=3.0)
+    start = time.monotonic()
+
+    with pytest.raises(DownloadError, match="interrupted"):
+        ensure_voc2007(tmp_path, archive_table=trainval_table(url), **{**FAST, "timeout": 0.5, "retries": 0})
+
+    assert time.monotonic() - start < 2.5
 
 
 def test_failed_extraction_leaves_no_complete_looking_tree(mirror: Mirror, tmp_path: Path) -> None:
