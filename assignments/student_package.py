@@ -166,19 +166,25 @@ def _stage(files: list[tuple[str, bytes]], staging: Path) -> None:
             os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
 
 
-def _run_backend(staging: Path, dist: Path) -> Path:
-    """Build the staged project with setuptools into ``dist``; the wheel's path."""
+def _build_error(message: str) -> Exception:
+    """``assignments.build.BuildError``, which ``nbgrader generate_assignment`` turns into its stop message,
+    imported only on failure: the module imports jupytext, a second a successful build need not pay."""
     from assignments.build import BuildError
 
+    return BuildError(message)
+
+
+def _run_backend(staging: Path, dist: Path) -> Path:
+    """Build the staged project with setuptools into ``dist``; the wheel's path."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
     proc = subprocess.run([sys.executable, "-I", "-c", BACKEND_SCRIPT, str(dist)], cwd=staging, env=env,
                           capture_output=True, text=True, umask=BUILD_UMASK, timeout=300)
     built = dist / (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0 or not built.name or not built.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise BuildError(f"setuptools could not build the student wheel (exit {proc.returncode}):\n{tail}\n"
-                         f"It runs in {sys.executable}: install the backend there "
-                         f"(`{sys.executable} -m pip install '{SETUPTOOLS_REQUIREMENT}'`) and build again.")
+        raise _build_error(f"setuptools could not build the student wheel (exit {proc.returncode}):\n{tail}\n"
+                           f"It runs in {sys.executable}: install the backend there "
+                           f"(`{sys.executable} -m pip install '{SETUPTOOLS_REQUIREMENT}'`) and build again.")
     return built
 
 
@@ -205,8 +211,6 @@ def build_wheel(out_dir: Path) -> Path:
     sources and the same setuptools give the same bytes (``ensure_release_files`` compares them).
     Raises ``BuildError`` when the backend fails or packs anything but the staged files.
     """
-    from assignments.build import BuildError
-
     out_dir.mkdir(parents=True, exist_ok=True)
     files = _package_files()
     with tempfile.TemporaryDirectory(prefix="student-wheel-") as tmp:
@@ -214,11 +218,11 @@ def build_wheel(out_dir: Path) -> Path:
         _stage(files, staging)
         built = _run_backend(staging, dist)
         if built.name != wheel_name():
-            raise BuildError(f"setuptools named the student wheel {built.name}, expected {wheel_name()} "
+            raise _build_error(f"setuptools named the student wheel {built.name}, expected {wheel_name()} "
                              f"(the release check and the notebooks' first cell look for that name)")
         problems = contents_problems(built, files)
         if problems:
-            raise BuildError("the built student wheel does not hold the student files: " + "; ".join(problems))
+            raise _build_error("the built student wheel does not hold the student files: " + "; ".join(problems))
         path = out_dir / wheel_name()
         tmp_path = path.with_suffix(".tmp")  # the same folder: the replace below is atomic
         shutil.copyfile(built, tmp_path)
