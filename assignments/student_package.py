@@ -16,10 +16,15 @@ for students.  This module writes a separate wheel,
 The sanity fixtures (expected values, no code) travel next to the notebook
 in the released assignment folder.
 
-The wheel is built by hand with :mod:`zipfile` (no build backend, no
-network): entries sorted, fixed timestamps, so the same sources give the same
-bytes.  ``python -m assignments build`` writes it into every assignment's
-source folder, so ``nbgrader generate_assignment`` puts it in the release and
+The wheel is built by the build backend, setuptools, not zipped by hand
+(issue #15): :func:`build_wheel` stages exactly the student files with a
+generated ``pyproject.toml`` in a temporary folder and runs
+``setuptools.build_meta`` on it (no network, no build isolation), so the
+metadata, ``WHEEL`` and ``RECORD`` are what the packaging tools write and
+check.  Fixed timestamps, modes and umask keep it reproducible: the same
+sources and setuptools give the same bytes.  ``python -m assignments build``
+writes it into every assignment's source folder, so ``nbgrader
+generate_assignment`` puts it in the release and
 the notebook's first cell can ``pip install`` it (on Colab) from the
 assignment folder.  Instructors may also publish it and set
 ``COURSE_PACKAGE_URL`` (see the notebooks' first cell).
@@ -37,9 +42,13 @@ backbone the grader supplies to the second assignment lives in
 from __future__ import annotations
 
 import ast
-import base64
-import hashlib
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import tomllib
 import zipfile
 from functools import lru_cache
@@ -59,7 +68,21 @@ STUDENT_GRADER_PACKAGES = ("harness",)
 STUDENT_GRADER_DATA = ("course.toml",)
 #: Runtime requirements of data_utils (Colab already has all of them).
 REQUIRES = ("torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "pillow>=9.5", "matplotlib>=3.7", "tqdm>=4.64")
-FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+#: One line of what the package is (the wheel's ``Summary``).
+SUMMARY = ("Student package of the object detection course: data, training loop, evaluation, plots "
+           "(no reference solutions).")
+REQUIRES_PYTHON = ">=3.10"
+#: The wheel's timestamps, 2020-01-01T00:00:00Z, passed as ``SOURCE_DATE_EPOCH`` (the wheel writer honours it,
+#: and the staged files carry it as their mtime too): the same sources give the same bytes, whenever built.
+SOURCE_DATE_EPOCH = 1577836800
+#: The umask the backend runs under: it writes the dist-info files with ``0o666 & ~umask`` and the wheel stores
+#: that mode, so a builder whose umask is 002 (common on shared machines) would otherwise get other bytes.
+BUILD_UMASK = 0o022
+#: What the staged ``pyproject.toml`` asks of the backend (``[project]`` tables, normalised names).
+SETUPTOOLS_REQUIREMENT = "setuptools>=77"
+#: The backend, run in a fresh interpreter (``-I``: no PYTHONPATH, no user site) inside the staging folder:
+#: setuptools reads the current directory and keeps global state, which a child keeps away from the caller.
+BACKEND_SCRIPT = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
 
 
 def version() -> str:
@@ -80,6 +103,8 @@ def is_student_grader_file(name: str) -> bool:
 
 
 def _package_files() -> list[tuple[str, bytes]]:
+    """The contents rule: ``(POSIX name, bytes)`` of every file the wheel holds besides its dist-info, sorted:
+    all of ``data_utils``'s modules, the student grader modules and packages, and :data:`STUDENT_GRADER_DATA`."""
     files = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -93,42 +118,115 @@ def _package_files() -> list[tuple[str, bytes]]:
     return sorted(files)
 
 
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+def _pyproject(files: list[tuple[str, bytes]]) -> str:
+    """The ``pyproject.toml`` staged next to ``files``: the packages named one by one (no discovery, so
+    nothing but the staged files can get in) and the non-Python files as package data."""
+    packages = sorted({Path(name).parent.as_posix().replace("/", ".") for name, _ in files if name.endswith(".py")})
+    data: dict[str, list[str]] = {}
+    for name, _ in files:
+        if not name.endswith(".py"):
+            data.setdefault(Path(name).parent.as_posix().replace("/", "."), []).append(Path(name).name)
+
+    def toml(value) -> str:  # JSON strings and lists of them are TOML too
+        return json.dumps(value)
+
+    return "\n".join([
+        "[build-system]",
+        f"requires = {toml([SETUPTOOLS_REQUIREMENT])}",
+        'build-backend = "setuptools.build_meta"',
+        "",
+        "[project]",
+        f"name = {toml(DIST_NAME)}",
+        f"version = {toml(version())}",
+        f"description = {toml(SUMMARY)}",
+        f"requires-python = {toml(REQUIRES_PYTHON)}",
+        f"dependencies = {toml(list(REQUIRES))}",
+        "",
+        "[tool.setuptools]",
+        f"packages = {toml(packages)}",
+        "include-package-data = false",
+        "",
+        "[tool.setuptools.package-data]",
+        *[f"{toml(package)} = {toml(names)}" for package, names in sorted(data.items())],
+        "",
+    ])
+
+
+def _stage(files: list[tuple[str, bytes]], staging: Path) -> None:
+    """Write ``files`` and their ``pyproject.toml`` into ``staging`` with a fixed mode and mtime (the
+    backend copies both into the wheel; the checkout's own vary with umask and ``git checkout`` time)."""
+    for name, data in files:
+        path = staging / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (staging / "pyproject.toml").write_text(_pyproject(files))
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+            os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
+
+
+def _build_error(message: str) -> Exception:
+    """``assignments.build.BuildError``, which ``nbgrader generate_assignment`` turns into its stop message,
+    imported only on failure: the module imports jupytext, a second a successful build need not pay."""
+    from assignments.build import BuildError
+
+    return BuildError(message)
+
+
+def _run_backend(staging: Path, dist: Path) -> Path:
+    """Build the staged project with setuptools into ``dist``; the wheel's path."""
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
+    proc = subprocess.run([sys.executable, "-I", "-c", BACKEND_SCRIPT, str(dist)], cwd=staging, env=env,
+                          capture_output=True, text=True, umask=BUILD_UMASK, timeout=300)
+    built = dist / (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0 or not built.name or not built.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise _build_error(f"setuptools could not build the student wheel (exit {proc.returncode}):\n{tail}\n"
+                           f"It runs in {sys.executable}: install the backend there "
+                           f"(`{sys.executable} -m pip install '{SETUPTOOLS_REQUIREMENT}'`) and build again.")
+    return built
+
+
+def contents_problems(path: Path, files: list[tuple[str, bytes]]) -> list[str]:
+    """How the wheel at ``path`` differs from the staged ``files`` (empty: it holds exactly them, byte for
+    byte, plus its ``.dist-info``).  The backend decides what it packs; this proves it packed the contents rule."""
+    expected = dict(files)
+    with zipfile.ZipFile(path) as archive:
+        packed = {n: archive.read(n) for n in archive.namelist() if not n.split("/", 1)[0].endswith(".dist-info")}
+    problems = [f"{name}: missing from the wheel" for name in sorted(expected.keys() - packed.keys())]
+    problems += [f"{name}: in the wheel but not staged" for name in sorted(packed.keys() - expected.keys())]
+    problems += [f"{name}: differs from the source" for name in sorted(expected.keys() & packed.keys())
+                 if expected[name] != packed[name]]
+    return problems
 
 
 def build_wheel(out_dir: Path) -> Path:
-    """Write the student wheel into ``out_dir``; returns its path."""
+    """Build the student wheel with setuptools into ``out_dir``; returns its path.
+
+    The files of the contents rule (:func:`_package_files`) are staged in a temporary folder with a
+    generated ``pyproject.toml`` and built by ``setuptools.build_meta`` in a child interpreter (no
+    network, no build isolation: the backend already installed).  Reproducible: fixed timestamps
+    (:data:`SOURCE_DATE_EPOCH`), modes and umask, sorted entries (the wheel writer sorts), so the same
+    sources and the same setuptools give the same bytes (``ensure_release_files`` compares them).
+    Raises ``BuildError`` when the backend fails or packs anything but the staged files.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    info_dir = f"{DIST_NAME}-{version()}.dist-info"
-    metadata = "\n".join([
-        "Metadata-Version: 2.1",
-        f"Name: {DIST_NAME.replace('_', '-')}",
-        f"Version: {version()}",
-        "Summary: Student package of the object detection course: data, training loop, evaluation, plots "
-        "(no reference solutions).",
-        "Requires-Python: >=3.10",
-        *[f"Requires-Dist: {r}" for r in REQUIRES],
-        "",
-    ]).encode()
-    wheel = b"Wheel-Version: 1.0\nGenerator: assignments.student_package\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    entries = _package_files() + [
-        (f"{info_dir}/METADATA", metadata),
-        (f"{info_dir}/WHEEL", wheel),
-        (f"{info_dir}/top_level.txt", ("\n".join(PACKAGES) + "\n").encode()),
-    ]
-    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in entries)
-    record += f"{info_dir}/RECORD,,\n"
-    entries.append((f"{info_dir}/RECORD", record.encode()))
-    path = out_dir / wheel_name()
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-    tmp.replace(path)
+    files = _package_files()
+    with tempfile.TemporaryDirectory(prefix="student-wheel-") as tmp:
+        staging, dist = Path(tmp) / "src", Path(tmp) / "dist"
+        _stage(files, staging)
+        built = _run_backend(staging, dist)
+        if built.name != wheel_name():
+            raise _build_error(f"setuptools named the student wheel {built.name}, expected {wheel_name()} "
+                             f"(the release check and the notebooks' first cell look for that name)")
+        problems = contents_problems(built, files)
+        if problems:
+            raise _build_error("the built student wheel does not hold the student files: " + "; ".join(problems))
+        path = out_dir / wheel_name()
+        tmp_path = path.with_suffix(".tmp")  # the same folder: the replace below is atomic
+        shutil.copyfile(built, tmp_path)
+    tmp_path.replace(path)
     return path
 
 

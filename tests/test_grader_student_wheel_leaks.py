@@ -51,6 +51,19 @@ def test_the_wheel_has_no_given_backbone(tmp_path):
     assert wheel_problems(wheel) == []
 
 
+def test_an_answer_staged_for_the_backend_is_caught_in_the_built_wheel(tmp_path, monkeypatch):
+    """setuptools packs what is staged; the leak check reads what it packed (the dist-info included)."""
+    from assignments import student_package
+
+    files = student_package._package_files()
+    planted = ("data_utils/helpers_extra.py", b"def nms(boxes, scores, iou_threshold):\n    return boxes\n")
+    monkeypatch.setattr(student_package, "_package_files", lambda: sorted([*files, planted]))
+    wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read(planted[0]) == planted[1]
+    assert any(p.startswith(f"{planted[0]}: defines 'nms'") for p in wheel_problems(wheel)), wheel_problems(wheel)
+
+
 @pytest.mark.slow
 def test_the_sandbox_still_supplies_the_given_backbone():
     from grader.sandbox import Sandbox
