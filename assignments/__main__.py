@@ -59,10 +59,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_student_package(args: argparse.Namespace) -> int:
-    """Write the student wheel; fail (1) if it holds anything it must not."""
+    """Write the student wheel; fail (1) if the build backend fails or the wheel holds anything it must not."""
+    from assignments.build import BuildError
     from assignments.student_package import build_wheel, wheel_problems
 
-    path = build_wheel(args.out)
+    try:
+        path = build_wheel(args.out)
+    except BuildError as error:  # the message names the cause and the fix; no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     problems = wheel_problems(path)
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -182,3 +182,18 @@ def test_pip_installs_the_student_wheel_and_reads_its_metadata(student_wheel, tm
     assert dist.metadata["Name"].replace("-", "_") == DIST_NAME and dist.requires == list(REQUIRES)
     assert (target / "data_utils" / "course_tools.py").is_file() and (target / "grader" / "course.toml").is_file()
     assert not (target / "solutions").exists() and not (target / "grader" / "checks.py").exists()
+
+
+def test_student_package_command_reports_a_failed_build_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """``python -m assignments student-package``: a backend failure is one message and exit 1."""
+    from assignments import student_package
+    from assignments.__main__ import main
+    from assignments.build import BuildError
+
+    def fail(out):
+        raise BuildError("the build backend failed: setuptools too old; pip install 'setuptools>=77'")
+
+    monkeypatch.setattr(student_package, "build_wheel", fail)
+    assert main(["student-package", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the build backend failed") and "Traceback" not in err
