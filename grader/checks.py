@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data_utils.conventions import FPN_STRIDES
 from grader.compare import Verdict
 from grader.functions import CLASSES, DEPENDENCIES, all_names, reference
 from grader.harness import procedures
@@ -207,9 +206,6 @@ def level_shapes(batch: int, channels: int, height: int, width: int, strides=Non
     return {lvl: (batch, channels, math.ceil(height / s), math.ceil(width / s)) for lvl, s in strides.items()}
 
 
-STRIDES = FPN_STRIDES  # the one definition, in the conventions page
-
-
 # ---------------------------------------------------------------------------
 # Common judges
 # ---------------------------------------------------------------------------
@@ -252,7 +248,6 @@ def init_verdict(state: dict, special_bias: dict[str, float], expected_convs: in
             if abs(std - 0.01) > tol or abs(float(value.double().mean())) > 0.003:
                 return Verdict(False, f"{key}: weights must be initialised from N(0, 0.01) (found std {std:.4f})")
     return Verdict(True)
-
 
 
 def call_spec(name: str, *args, seed: int = 0, device: str = "cpu", **kwargs) -> dict:

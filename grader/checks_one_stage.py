@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from data_utils.conventions import FPN_STRIDES
 from grader.checks import (
-    STRIDES,
     Check,
     Job,
     call_check,
@@ -39,7 +39,7 @@ MATCH_HINT = ("a location matches a box when strictly inside it and max(l, t, r,
 
 
 def _locations(shapes: dict, dtype=torch.float32) -> dict:
-    return reference("get_fpn_location_coords")(shapes, {k: STRIDES[k] for k in shapes}, dtype=dtype)
+    return reference("get_fpn_location_coords")(shapes, {k: FPN_STRIDES[k] for k in shapes}, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -76,13 +76,13 @@ def _location_checks() -> list[Check]:
     single = {"p4": (1, 1, 3, 5)}
     return [
         call_check(A, f"{f}/non_square", f, "non-square feature maps, three levels",
-                   lambda: call_spec(f, shapes, STRIDES), diagnose=_diagnose_locations(shapes, STRIDES), hint=LOC_HINT),
+                   lambda: call_spec(f, shapes, FPN_STRIDES), diagnose=_diagnose_locations(shapes, FPN_STRIDES), hint=LOC_HINT),
         call_check(A, f"{f}/float64", f, "dtype argument float64 is honoured",
-                   lambda: call_spec(f, shapes, STRIDES, dtype=torch.float64), diagnose=_diagnose_locations(shapes, STRIDES)),
+                   lambda: call_spec(f, shapes, FPN_STRIDES, dtype=torch.float64), diagnose=_diagnose_locations(shapes, FPN_STRIDES)),
         call_check(A, f"{f}/one_level_other_stride", f, "a single level with another stride",
                    lambda: call_spec(f, single, {"p4": 12}), diagnose=_diagnose_locations(single, {"p4": 12}), hint=LOC_HINT),
         call_check(A, f"{f}/cuda", f, "device argument cuda is honoured",
-                   lambda: call_spec(f, shapes, STRIDES, device="cuda"), cuda=True),
+                   lambda: call_spec(f, shapes, FPN_STRIDES, device="cuda"), cuda=True),
     ]
 
 
@@ -308,7 +308,7 @@ def _course_match_diag(locations: dict, gt_boxes: torch.Tensor, fallback):
     def diagnose(out, ref):
         if isinstance(out, dict) and all(isinstance(out.get(k), torch.Tensor) and out[k].shape == r.shape for k, r in ref.items()):
             def same(**kw) -> bool:
-                variant = _course_variant_match(locations, STRIDES, gt_boxes, **kw)
+                variant = _course_variant_match(locations, FPN_STRIDES, gt_boxes, **kw)
                 return all(close(out[k], variant[k]) for k in ref)
 
             boundary = ("a location whose max(l, t, r, b) equals a level's lower bound (e.g. exactly 64 px on p4) must match "
@@ -372,19 +372,19 @@ def _match_checks() -> list[Check]:
         gt = rand_gt(g, 2, [6, 3], 8)
         gt[0, 0] = torch.tensor([5.0, 5, 215, 220, 3])
         gt[1, 1] = torch.tensor([20.0, 40, 200, 170, 9])
-        return call_spec(f, _locations(shapes224), STRIDES, gt)
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, gt)
 
     def unbatched():
         g = gen(12)
         gt = rand_gt(g, 1, [5], 7)[0]
         gt[1] = torch.tensor([0.0, 0, 224, 224, 1])
-        return call_spec(f, _locations(shapes224), STRIDES, gt)
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, gt)
 
     def all_padding():
-        return call_spec(f, _locations(shapes224), STRIDES, torch.full((2, 4, 5), -1.0))
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, torch.full((2, 4, 5), -1.0))
 
     def empty():
-        return call_spec(f, _locations(shapes224), STRIDES, torch.zeros(2, 0, 5))
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, torch.zeros(2, 0, 5))
 
     def boundaries():
         # -24..60: the p4 location (40, 40) is exactly 64 px from the left side (p4's lower bound);
@@ -392,11 +392,11 @@ def _match_checks() -> list[Check]:
         # x1 = 44 passes through a column of p3 locations (on the border: not inside).
         gt = torch.tensor([[-24.0, 30, 60, 70, 4], [-28, 26, 56, 66, 5], [44, 100, 100, 150, 7], [0, 0, 224, 224, 2],
                            [96, 96, 224, 224, 8], [-1, -1, -1, -1, -1]])
-        return call_spec(f, _locations(shapes224), STRIDES, gt)
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, gt)
 
     def ties():
         gt = torch.tensor([[[20.0, 20, 120, 120, 1], [40, 40, 110, 110, 2], [150, 150, 200, 200, 5], [150, 150, 200, 200, 6]]])
-        return call_spec(f, _locations(shapes224), STRIDES, gt)
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, gt)
 
     def near_equal_areas():
         # The larger box first: areas 10003 and 10000 px² (float32 spacing at 1e8 is 8), and a
@@ -404,7 +404,7 @@ def _match_checks() -> list[Check]:
         # Half-pixel corners keep every distance off the level boundaries (a check of one thing).
         gt = torch.tensor([[[20.5, 20.5, 120.53, 120.5, 3], [20.5, 20.5, 120.5, 120.5, 7], [100.5, 100.5, 200.5, 200.52, 4],
                             [100.5, 100.5, 200.5, 200.5, 9], [-1, -1, -1, -1, -1]]])
-        return call_spec(f, _locations(shapes224), STRIDES, gt)
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, gt)
 
     def diag(build, fallback=_match_diag):
         spec = build()
@@ -412,16 +412,16 @@ def _match_checks() -> list[Check]:
 
     def float64():
         g = gen(13)
-        return call_spec(f, _locations(shapes224, torch.float64), STRIDES, rand_gt(g, 2, [4, 5], 6, dtype=torch.float64))
+        return call_spec(f, _locations(shapes224, torch.float64), FPN_STRIDES, rand_gt(g, 2, [4, 5], 6, dtype=torch.float64))
 
     def non_square():
         g = gen(14)
         shapes = level_shapes(1, 8, 96, 160)
-        return call_spec(f, _locations(shapes), STRIDES, rand_gt(g, 3, [3, 0, 5], 5, width=160, height=96))
+        return call_spec(f, _locations(shapes), FPN_STRIDES, rand_gt(g, 3, [3, 0, 5], 5, width=160, height=96))
 
     def cuda():
         g = gen(15)
-        return call_spec(f, _locations(shapes224), STRIDES, rand_gt(g, 2, [5, 2], 6))
+        return call_spec(f, _locations(shapes224), FPN_STRIDES, rand_gt(g, 2, [5, 2], 6))
 
     return [
         call_check(A, f"{f}/random_batched", f, "random boxes, batched (B, N, 5) with padding", batched, diagnose=diag(batched), hint=MATCH_HINT),
@@ -730,7 +730,7 @@ def _fixed_fcos_setup(seed: int, num_classes: int = 5, height: int = 96, width: 
     box = {k: torch.rand(batch, s[2] * s[3], 4, generator=g) * 4 for k, s in shapes.items()}
     ctr = {k: torch.randn(batch, s[2] * s[3], 1, generator=g) for k, s in shapes.items()}
     images = torch.randn(batch, 3, height, width, generator=g)
-    replace = {"backbone": {"__harness__": "fixed_features", "feats": feats, "strides": STRIDES, "out_channels": 8},
+    replace = {"backbone": {"__harness__": "fixed_features", "feats": feats, "strides": FPN_STRIDES, "out_channels": 8},
                "pred_net": {"__harness__": "fixed_outputs", "outputs": (cls, box, ctr)}}
     return images, replace, g
 

@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from data_utils.conventions import FPN_STRIDES
 from grader.checks import (
-    STRIDES,
     Check,
     Job,
     call_check,
@@ -36,7 +36,7 @@ NEUTRAL = -1e8
 
 
 def _locations(shapes: dict, dtype=torch.float32) -> dict:
-    return reference("get_fpn_location_coords")(shapes, {k: STRIDES[k] for k in shapes}, dtype=dtype)
+    return reference("get_fpn_location_coords")(shapes, {k: FPN_STRIDES[k] for k in shapes}, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -186,18 +186,18 @@ def _anchor_checks() -> list[Check]:
     ratios = [0.5, 1.0, 2.0]
 
     def levels():
-        return call_spec(f, _locations(shapes), STRIDES, 8, ratios)
+        return call_spec(f, _locations(shapes), FPN_STRIDES, 8, ratios)
 
     def other():
         return call_spec(f, _locations({"p4": (1, 1, 3, 2)}), {"p4": 16}, 4, [0.25, 1.0, 3.0, 4.0])
 
     return [
         call_check(A, f"{f}/all_levels", f, "three non-square levels, stride_scale 8, ratios (0.5, 1, 2)", levels,
-                   atol=1e-3, diagnose=_anchor_diag(_locations(shapes), STRIDES, 8, ratios)),
+                   atol=1e-3, diagnose=_anchor_diag(_locations(shapes), FPN_STRIDES, 8, ratios)),
         call_check(A, f"{f}/other_ratios", f, "four other aspect ratios, stride_scale 4", other, atol=1e-3,
                    diagnose=_anchor_diag(_locations({"p4": (1, 1, 3, 2)}), {"p4": 16}, 4, [0.25, 1.0, 3.0, 4.0])),
         call_check(A, f"{f}/float64", f, "float64 locations give float64 anchors",
-                   lambda: call_spec(f, _locations(shapes, torch.float64), STRIDES, 8, ratios), atol=1e-6),
+                   lambda: call_spec(f, _locations(shapes, torch.float64), FPN_STRIDES, 8, ratios), atol=1e-6),
         call_check(A, f"{f}/empty_level", f, "a level without locations gives (0, 4)",
                    lambda: call_spec(f, {"p3": torch.zeros(0, 2)}, {"p3": 8}, 8, ratios)),
         call_check(A, f"{f}/cuda", f, "CUDA locations", levels, cuda=True, atol=1e-3),
@@ -598,7 +598,7 @@ def _rpn_checks() -> list[Check]:
         feats, replace, g = _rpn_setup(111)
         gt = rand_gt(g, 2, [4, 2], 6, width=128, height=96)
         gt[0, 0] = torch.tensor([4.0, 6, 120, 90, 2])
-        calls = [{"method": "forward", "train": True, "args": [feats, STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
+        calls = [{"method": "forward", "train": True, "args": [feats, FPN_STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
         spec = _rpn_spec(replace, calls, device=device)
         expected = run_reference(A, {**spec, "device": "cpu"})["outputs"]
         without = run_reference(A, _rpn_spec(replace, calls, force_best_match=False))["outputs"]
@@ -613,7 +613,7 @@ def _rpn_checks() -> list[Check]:
         obj, box = replace["pred_net"]["outputs"]
         replace = {"pred_net": {"__harness__": "fixed_outputs", "outputs": ({k: torch.zeros_like(v) for k, v in obj.items()}, box)}}
         gt = rand_gt(g, 2, [3, 2], 5, width=128, height=96)
-        calls = [{"method": "forward", "train": True, "args": [feats, STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
+        calls = [{"method": "forward", "train": True, "args": [feats, FPN_STRIDES, gt], "kwargs": {"image_size": (96, 128)}}]
         spec = _rpn_spec(replace, calls, batch_size_per_image=16)
         expected = run_reference(A, spec)["outputs"]
 
@@ -635,14 +635,14 @@ def _rpn_checks() -> list[Check]:
 
     def padding_make():
         feats, replace, g = _rpn_setup(112)
-        calls = [{"method": "forward", "train": True, "args": [feats, STRIDES, torch.full((2, 4, 5), -1.0)], "kwargs": {"image_size": (96, 128)}}]
+        calls = [{"method": "forward", "train": True, "args": [feats, FPN_STRIDES, torch.full((2, 4, 5), -1.0)], "kwargs": {"image_size": (96, 128)}}]
         spec = _rpn_spec(replace, calls)
         expected = run_reference(A, spec)["outputs"]
         return Job([spec], _scalar_losses_judge(expected, ("loss_rpn_obj", "loss_rpn_box"), RPN_HINTS))
 
     def proposals_make():
         feats, replace, g = _rpn_setup(113)
-        calls = [{"method": "forward", "train": False, "no_grad": True, "args": [feats, STRIDES], "kwargs": {"image_size": (96, 128)}}]
+        calls = [{"method": "forward", "train": False, "no_grad": True, "args": [feats, FPN_STRIDES], "kwargs": {"image_size": (96, 128)}}]
         spec = _rpn_spec(replace, calls, batch_size_per_image=16)
         out = run_reference(A, spec)["outputs"][0]
         return Job([spec], _proposal_judge((out["proposals"], out["proposal_scores"]), (96, 128)))
@@ -676,10 +676,10 @@ def _roi_checks() -> list[Check]:
 
     def pool_spec(seed, n=40, dtype=torch.float32):
         g = gen(seed)
-        feats = {k: torch.randn(2, 4, 224 // s, 224 // s, generator=g, dtype=torch.float64).to(dtype) for k, s in STRIDES.items()}
+        feats = {k: torch.randn(2, 4, 224 // s, 224 // s, generator=g, dtype=torch.float64).to(dtype) for k, s in FPN_STRIDES.items()}
         boxes = rand_boxes(g, n, min_size=8.0, max_frac=0.9, dtype=dtype)
         image_idx = torch.randint(0, 2, (n,), generator=g)
-        return call_spec(fp, feats, STRIDES, image_idx, boxes)
+        return call_spec(fp, feats, FPN_STRIDES, image_idx, boxes)
 
     def pool_diag(spec_builder):
         def diagnose(out, ref):
@@ -696,8 +696,8 @@ def _roi_checks() -> list[Check]:
         return diagnose
 
     def empty_pool() -> dict:
-        feats = {k: torch.randn(1, 4, 224 // s, 224 // s, generator=gen(125)) for k, s in STRIDES.items()}
-        return call_spec(fp, feats, STRIDES, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+        feats = {k: torch.randn(1, 4, 224 // s, 224 // s, generator=gen(125)) for k, s in FPN_STRIDES.items()}
+        return call_spec(fp, feats, FPN_STRIDES, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
     return [
         call_check(A, f"{f}/random", f, "200 random boxes", random_boxes,
                    hint="k = round(4 + log2(sqrt(w * h) / 128)), halves up, clamped to [3, 5]"),
@@ -726,7 +726,7 @@ def _frcnn_setup(seed: int, num_classes: int = 5, height: int = 224, width: int 
     scores = [torch.rand(len(p), generator=g).sort(descending=True).values for p in proposals]
     weight = torch.randn(num_classes + 1, channels * 49, generator=g) * 0.2
     bias = torch.randn(num_classes + 1, generator=g) * 0.5
-    backbone = {"__harness__": "fixed_features", "feats": feats, "strides": STRIDES, "out_channels": channels}
+    backbone = {"__harness__": "fixed_features", "feats": feats, "strides": FPN_STRIDES, "out_channels": channels}
     rpn = {"__harness__": "fixed_rpn", "proposals": proposals, "scores": scores}
     classifier = {"__harness__": "fixed_classifier", "weight": weight, "bias": bias}
     images = torch.randn(batch, 3, height, width, generator=g)
@@ -750,7 +750,7 @@ def _frcnn_checks() -> list[Check]:
     f = "FasterRCNN"
 
     def init_make():
-        backbone = {"__harness__": "fixed_features", "feats": {}, "strides": STRIDES, "out_channels": 16}
+        backbone = {"__harness__": "fixed_features", "feats": {}, "strides": FPN_STRIDES, "out_channels": 16}
         rpn = {"__harness__": "fixed_rpn", "proposals": [], "scores": []}
         spec = {"op": "module", "name": f, "ctor_args": [backbone, rpn, [16, 16]], "ctor_kwargs": {"num_classes": 5}, "seed": 0,
                 "return": ["init_state_dict", "structure"]}

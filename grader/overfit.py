@@ -46,8 +46,6 @@ from grader.functions import CLASSES, STUDENT_FUNCTIONS
 from grader.results import ERROR, FAILED, PASSED, SKIPPED, TIMEOUT, CheckResult
 from grader.rubric import limits_for
 
-STRIDES = FPN_STRIDES  # the one definition, in the conventions page
-
 
 def overfit_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 3, S, S), gt_boxes (N, 40, 5))`` of the overfit test."""
@@ -74,8 +72,8 @@ def positives_per_image(images: torch.Tensor, gt: torch.Tensor) -> float:
     from solutions.locations import get_fpn_location_coords
 
     size = images.shape[-1]
-    shapes = {k: (1, 1, math.ceil(size / s), math.ceil(size / s)) for k, s in STRIDES.items()}
-    matched = fcos_match_locations_to_gt(get_fpn_location_coords(shapes, STRIDES), STRIDES, gt)
+    shapes = {k: (1, 1, math.ceil(size / s), math.ceil(size / s)) for k, s in FPN_STRIDES.items()}
+    matched = fcos_match_locations_to_gt(get_fpn_location_coords(shapes, FPN_STRIDES), FPN_STRIDES, gt)
     return float(sum(int((m[..., 4] >= 0).sum()) for m in matched.values())) / len(images)
 
 
@@ -94,7 +92,6 @@ def overfit_spec(assignment: str, settings: dict, threads: int = 1) -> dict:
     if settings["model"] == "FCOS":
         spec["normalizer"] = positives_per_image(images, gt)
     return spec
-
 
 
 #: Classes the overfit run cannot take from the reference: the detector and its heads are what it trains.

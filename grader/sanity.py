@@ -48,7 +48,6 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_VERSION = 1
 #: What a fixture is generated from: the cases (this module) and the expected values (the reference).
 FIXTURE_SOURCES = ("grader/sanity.py", "solutions/")
-STRIDES = FPN_STRIDES  # the one definition, in the conventions page
 
 
 @dataclass
@@ -102,7 +101,7 @@ _FIXED_CLASSES = 5
 
 
 def _fixed_level_shapes(batch: int, channels: int) -> dict[str, tuple[int, int, int, int]]:
-    return {lvl: (batch, channels, _FIXED_HW[0] // s, _FIXED_HW[1] // s) for lvl, s in STRIDES.items()}
+    return {lvl: (batch, channels, _FIXED_HW[0] // s, _FIXED_HW[1] // s) for lvl, s in FPN_STRIDES.items()}
 
 
 def _fixed_gt() -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +128,7 @@ def _fixed_fcos_spec(seed: int = 7) -> dict:
     gt1, gt2 = _fixed_gt()
     return {"op": "module", "name": "FCOS", "ctor_args": [_FIXED_CLASSES, 8, [8]], "ctor_kwargs": {"weights": None},
             "seed": 0, "stub_classes": ["DetectorBackboneWithFPN", "FCOSPredictionNetwork"],
-            "replace": {"backbone": {"__harness__": "fixed_features", "feats": feats, "strides": STRIDES, "out_channels": 8},
+            "replace": {"backbone": {"__harness__": "fixed_features", "feats": feats, "strides": FPN_STRIDES, "out_channels": 8},
                         "pred_net": {"__harness__": "fixed_outputs", "outputs": (cls, box, ctr)}},
             "calls": [{"method": "forward", "train": True, "args": [images, gt1]},
                       {"method": "forward", "train": True, "args": [images, gt2]}]}
@@ -147,7 +146,7 @@ def _fixed_rpn_spec(seed: int = 8, anchors: int = 3) -> dict:
     return {"op": "module", "name": "RPN", "ctor_args": [8, [8]], "ctor_kwargs": {"batch_size_per_image": 512}, "seed": 0,
             "stub_classes": ["RPNPredictionNetwork"],
             "replace": {"pred_net": {"__harness__": "fixed_outputs", "outputs": (obj, box)}},
-            "calls": [{"method": "forward", "train": True, "args": [feats, STRIDES, gt1],
+            "calls": [{"method": "forward", "train": True, "args": [feats, FPN_STRIDES, gt1],
                        "kwargs": {"image_size": _FIXED_HW}}]}
 
 
@@ -170,7 +169,7 @@ def _fixed_frcnn_spec(seed: int = 9, channels: int = 4) -> dict:
     images = torch.randn(2, 3, *_FIXED_HW, generator=g)
     gt1, _ = _fixed_gt()
     return {"op": "module", "name": "FasterRCNN", "seed": 0,
-            "ctor_args": [{"__harness__": "fixed_features", "feats": feats, "strides": STRIDES, "out_channels": channels},
+            "ctor_args": [{"__harness__": "fixed_features", "feats": feats, "strides": FPN_STRIDES, "out_channels": channels},
                           {"__harness__": "fixed_rpn", "proposals": proposals, "scores": scores}, [channels]],
             "ctor_kwargs": {"num_classes": _FIXED_CLASSES, "batch_size_per_image": 100000},
             "replace": {"cls_pred": {"__harness__": "fixed_classifier", "weight": weight, "bias": bias}},
@@ -195,7 +194,7 @@ LOSS_HINTS = {
 def _one_stage_cases() -> list[SanityCase]:
     shapes_224 = {"p3": (2, 64, 28, 28), "p4": (2, 64, 14, 14), "p5": (2, 64, 7, 7)}
     feats_224 = {lvl: _randn(*shape, seed=i) for i, (lvl, shape) in enumerate(shapes_224.items())}
-    locations_224 = _ref("get_fpn_location_coords", shapes_224, STRIDES)
+    locations_224 = _ref("get_fpn_location_coords", shapes_224, FPN_STRIDES)
     boxes, scores = _nms_inputs()
     gt_match = torch.tensor([[10.0, 15, 100, 115, 1], [30, 20, 40, 30, 7], [5, 5, 220, 210, 3],
                              [100, 120, 180, 170, 12], [-1, -1, -1, -1, -1], [-1, -1, -1, -1, -1]])
@@ -210,7 +209,7 @@ def _one_stage_cases() -> list[SanityCase]:
                    {"kind": "shapes"}),
         SanityCase("get_fpn_location_coords/sanity_first_five", "get_fpn_location_coords",
                    "first five locations of each level at 224x224 (row-major, x fastest)",
-                   _call("get_fpn_location_coords", shapes_224, STRIDES), {"kind": "first_rows", "rows": 5}),
+                   _call("get_fpn_location_coords", shapes_224, FPN_STRIDES), {"kind": "first_rows", "rows": 5}),
         SanityCase("FCOSPredictionNetwork/sanity_shapes", "FCOSPredictionNetwork",
                    "head output shapes for FCOSPredictionNetwork(20, 64, [64, 64])",
                    {"op": "module", "name": "FCOSPredictionNetwork", "ctor_args": [20, 64, [64, 64]], "seed": 0,
@@ -218,7 +217,7 @@ def _one_stage_cases() -> list[SanityCase]:
                    {"kind": "shapes"}),
         SanityCase("fcos_match_locations_to_gt/sanity", "fcos_match_locations_to_gt",
                    "matching four boxes (and two padding rows) to the 224x224 locations",
-                   _call("fcos_match_locations_to_gt", locations_224, STRIDES, gt_match), {"kind": "allclose", "atol": 1e-6, "rtol": 0}),
+                   _call("fcos_match_locations_to_gt", locations_224, FPN_STRIDES, gt_match), {"kind": "allclose", "atol": 1e-6, "rtol": 0}),
         SanityCase("fcos_get_deltas_from_locations/sanity", "fcos_get_deltas_from_locations",
                    "deltas of three locations to their boxes, stride 8",
                    _call("fcos_get_deltas_from_locations", torch.tensor(_LOCATIONS), torch.tensor(_BOXES), 8),
@@ -320,7 +319,7 @@ def _two_stage_cases() -> list[SanityCase]:
                    graded=False),
         SanityCase("RPN/sanity_forward", "RPN", "RPN(64, [64]) with ground truth: proposals and finite losses",
                    {"op": "module", "name": "RPN", "ctor_args": [64, [64]], "seed": 0,
-                    "calls": [{"method": "forward", "train": True, "args": [feats_224, STRIDES, gt], "kwargs": {"image_size": (224, 224)}}]},
+                    "calls": [{"method": "forward", "train": True, "args": [feats_224, FPN_STRIDES, gt], "kwargs": {"image_size": (224, 224)}}]},
                    {"kind": "rpn_forward", "keys": ["loss_rpn_obj", "loss_rpn_box"], "post_nms_topk": 100}),
         SanityCase("assign_rois_to_fpn_levels/sanity", "assign_rois_to_fpn_levels", "FPN levels of boxes of sides 20 to 300 px",
                    _call("assign_rois_to_fpn_levels", torch.tensor([[0.0, 0, 20, 20], [0, 0, 64, 64], [0, 0, 90, 90], [0, 0, 92, 92],
@@ -328,7 +327,7 @@ def _two_stage_cases() -> list[SanityCase]:
                                                                      [0, 0, 300, 300], [5, 5, 5, 5]])),
                    {"kind": "allclose", "atol": 0, "rtol": 0}),
         SanityCase("pool_roi_features/sanity", "pool_roi_features", "RoIAlign of four boxes from the right levels, in the boxes' order",
-                   _call("pool_roi_features", pool_feats, STRIDES, torch.tensor([0, 1, 0, 1]), pool_boxes),
+                   _call("pool_roi_features", pool_feats, FPN_STRIDES, torch.tensor([0, 1, 0, 1]), pool_boxes),
                    {"kind": "allclose", "atol": 1e-5, "rtol": 1e-4, "diagnose": "row_order"}),
         SanityCase("FasterRCNN/sanity_fixed_losses", "FasterRCNN",
                    "classification loss with given features, proposals and classifier weights, 5 classes",

@@ -27,16 +27,18 @@ MODULES = {
 
 
 def _strip_internal_imports(text: str) -> tuple[str, list[str]]:
-    """Remove ``from __future__``/``from solutions... import`` statements; return the text and
-    the ``from data_utils.conventions import`` lines that replace convention imports."""
+    """Remove ``from __future__``/``from solutions... import``/``from data_utils.conventions import``
+    statements; return the text and the convention imports, which the caller hoists into the one
+    header of the concatenated source (each module repeats them; the submission needs them once, on top)."""
     tree = parse_python(text)
     lines = text.splitlines()
     drop: set[int] = set()
     replacements: list[str] = []
     for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and (node.module == "__future__" or node.module.split(".")[0] == "solutions"):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module in ("__future__", "data_utils.conventions") or node.module.split(".")[0] == "solutions"):
             drop.update(range(node.lineno - 1, node.end_lineno))
-            if node.module == "solutions.conventions":
+            if node.module == "data_utils.conventions":
                 replacements.append("from data_utils.conventions import " + ", ".join(a.name for a in node.names))
     return "\n".join(line for i, line in enumerate(lines) if i not in drop), replacements
 

@@ -3,16 +3,16 @@
 Each reference body sits between nbgrader's ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` lines: the assignment notebooks are generated from these
 modules, so each function is written exactly once.  See
-:mod:`solutions.conventions` for shapes, coordinate conventions and sentinels.
+:mod:`data_utils.conventions` for shapes, coordinate conventions and sentinels.
 
 Everything a student writes is importable from here directly, e.g.
 ``from solutions import fcos_match_locations_to_gt``.
 """
 
+from data_utils.conventions import BACKGROUND, FPN_STRIDES, IMAGE_SIZE, NEUTRAL, PADDING, Detections
 from solutions.anchors import generate_fpn_anchors
 from solutions.backbone import DetectorBackboneWithFPN
 from solutions.box_ops import box_area, iou
-from solutions.conventions import BACKGROUND, FPN_STRIDES, IMAGE_SIZE, NEUTRAL, PADDING, Detections
 from solutions.faster_rcnn import FasterRCNN, assign_rois_to_fpn_levels, build_faster_rcnn, pool_roi_features
 from solutions.fcos import FCOS
 from solutions.fcos_head import FCOSPredictionNetwork

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from solutions.conventions import FPN_STRIDES
+from data_utils.conventions import FPN_STRIDES
 
 
 def _regnet_trunk(weights: str | None) -> nn.Module:

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from data_utils.conventions import NEUTRAL, Detections
 from solutions.backbone import DetectorBackboneWithFPN
 from solutions.box_ops import box_area
-from solutions.conventions import NEUTRAL, Detections
 from solutions.non_max_suppression import class_spec_nms
 from solutions.rcnn_targets import rcnn_match_anchors_to_gt, sample_rpn_training
 from solutions.rpn import RPN
@@ -118,7 +118,7 @@ def pool_roi_features(
 
 
 class FasterRCNN(nn.Module):
-    """Two-stage detector following the detector protocol of :mod:`solutions.conventions`.
+    """Two-stage detector following the detector protocol of :mod:`data_utils.conventions`.
 
     * ``model(images, gt_boxes)`` (training): dict with ``loss_rpn_obj``,
       ``loss_rpn_box``, ``loss_cls`` and diagnostics ``rpn_num_fg``,

@@ -1,7 +1,7 @@
 """FCOS: a one-stage, anchor-free detector (Tian et al., 2019), as the course builds it.
 
 The model follows the detector protocol at the end of
-:mod:`solutions.conventions`:
+:mod:`data_utils.conventions`:
 
 * ``model.train(); losses = model(images, gt_boxes)`` returns
   ``{"loss_cls", "loss_box", "loss_ctr"}`` (summed into the objective) plus
@@ -9,7 +9,7 @@ The model follows the detector protocol at the end of
   image in this batch) and ``"normalizer"`` (the running average used to
   scale the losses).
 * ``model.eval(); model.inference(images, score_thresh, nms_thresh)`` returns
-  one :class:`~solutions.conventions.Detections` per image.
+  one :class:`~data_utils.conventions.Detections` per image.
 
 Shape shorthand: ``B`` images, ``L`` locations of all levels together
 (1029 = 784 + 196 + 49 at 224x224), ``C`` classes.
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from data_utils.conventions import Detections
 from solutions.backbone import DetectorBackboneWithFPN
-from solutions.conventions import Detections
 from solutions.fcos_head import FCOSPredictionNetwork
 from solutions.fcos_targets import (
     fcos_apply_deltas_to_locations,

@@ -6,7 +6,7 @@ to the four sides of the object (left, top, right, bottom, divided by the
 level's stride: the "deltas") and a *centerness* score that is 1 at the
 object's centre and falls towards 0 near its border.
 
-Shape shorthand (see :mod:`solutions.conventions`): ``B`` images, ``N``
+Shape shorthand (see :mod:`data_utils.conventions`): ``B`` images, ``N``
 ground-truth rows per image (padded), ``L`` locations of one level.
 """
 
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from solutions.conventions import BACKGROUND
+from data_utils.conventions import BACKGROUND
 
 
 def fcos_match_locations_to_gt(

@@ -16,8 +16,8 @@ import math
 
 import torch
 
+from data_utils.conventions import BACKGROUND, IMAGE_SIZE, NEUTRAL
 from solutions.box_ops import iou
-from solutions.conventions import BACKGROUND, IMAGE_SIZE, NEUTRAL
 
 #: Largest log-scale change ``dw``/``dh`` that :func:`rcnn_apply_deltas_to_anchors`
 #: applies: a box can grow at most 224/8 = 28 times its anchor's size, which keeps

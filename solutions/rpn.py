@@ -1,6 +1,6 @@
 """Region Proposal Network: the first stage of Faster R-CNN.
 
-Shape shorthand (see :mod:`solutions.conventions`): ``B`` images, level of
+Shape shorthand (see :mod:`data_utils.conventions`): ``B`` images, level of
 ``H x W`` locations, ``A`` anchors per location, ``T`` anchors of all levels
 together (3087 at 224 px with ``A = 3``: 2352 + 588 + 147).
 """

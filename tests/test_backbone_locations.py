@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from data_utils.conventions import FPN_STRIDES
 from solutions.backbone import DetectorBackboneWithFPN
-from solutions.conventions import FPN_STRIDES
 from solutions.locations import get_fpn_location_coords
 
 SHAPES_224 = {"p3": (2, 64, 28, 28), "p4": (2, 64, 14, 14), "p5": (2, 64, 7, 7)}

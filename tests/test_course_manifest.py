@@ -194,24 +194,98 @@ def test_check_against_grader_refuses_names_the_grader_cannot_grade(monkeypatch,
         spec_module.check_against_grader()
 
 
-# The mAP gate's retraining recipes are the notebooks' profiles too: the rubric states them (the gate's
-# evaluation protocol -- score threshold, split, the two-stage RoI sampling -- is its own), and this
-# keeps every key it shares with the manifest's profile equal to it.
+# The mAP gate's retraining recipes are the notebooks' profiles too.  The embedded schedules name
+# the cpu profile and grader/rubric.py fills them in from it (the tests below); the full-VOC one is
+# literal (it is not the gpu profile field for field: the gate scores at the original course's
+# threshold), and this keeps every key it shares with the gpu profile equal to it.
 _RETRAIN_KEYS = {"batch_size": "batch_size", "max_iters": "train_iters", "lr": "lr", "optimizer": "optimizer",
                  "weight_decay": "weight_decay", "warmup_iters": "warmup_iters", "grad_clip": "grad_clip"}
 
 
 @pytest.mark.parametrize("assignment", ["one_stage", "two_stage"])
-@pytest.mark.parametrize("schedule, profile", [("voc", "gpu"), ("embedded", "cpu")])
-def test_the_map_gates_retrain_the_notebooks_recipes(assignment, schedule, profile):
+def test_the_full_voc_map_gates_retrain_the_gpu_profile(assignment):
     from grader.functions import load_course
     from grader.map_gate import all_schedules
     from grader.rubric import load_rubric
 
-    table = all_schedules(load_rubric()[assignment]["map"])[schedule]
-    settings = load_course()[assignment]["profiles"][profile]
+    table = all_schedules(load_rubric()[assignment]["map"])["voc"]
+    settings = load_course()[assignment]["profiles"]["gpu"]
     differ = {key: (value, settings.get(_RETRAIN_KEYS[key])) for key, value in table["retrain"].items()
               if key in _RETRAIN_KEYS and value != settings.get(_RETRAIN_KEYS[key])}
     differ.update({key: (table["config"][key], settings[key]) for key in ("fpn_channels", "stem_channels")
                    if table["config"][key] != settings[key]})
-    assert not differ, f"rubric {assignment} map schedule {schedule!r} vs course.toml profile {profile!r}: {differ}"
+    assert not differ, f"rubric {assignment} map schedule 'voc' vs course.toml profile 'gpu': {differ}"
+
+
+#: The embedded schedules as the rubric stated them literally before they named the cpu profile
+#: (the recipes their reference_map/margin were measured with): resolving must give exactly these.
+_AdamW = {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05, "grad_clip": 10.0}
+_EVAL = {"dataset": "embedded", "head_init": "pytorch", "score_thresh": 0.05, "nms_thresh": 0.5}
+MEASURED_SCHEDULES = {
+    ("one_stage", "embedded"): {**_EVAL, "reference_map": 0.3366, "margin": 0.108,
+                                "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64]},
+                                "retrain": {"batch_size": 16, "max_iters": 600, "warmup_iters": 50, **_AdamW}},
+    ("one_stage", "ci"): {**_EVAL, "reference_map": 0.038, "margin": 0.02,
+                          "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32]},
+                          "retrain": {"batch_size": 8, "max_iters": 150, "warmup_iters": 37, **_AdamW}},
+    ("two_stage", "embedded"): {**_EVAL, "reference_map": 0.4023, "margin": 0.069,
+                                "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64],
+                                           "rpn_stem_channels": [64, 64], "batch_size_per_image": 32},
+                                "retrain": {"batch_size": 16, "max_iters": 600, "warmup_iters": 50, **_AdamW}},
+    ("two_stage", "ci"): {**_EVAL, "reference_map": 0.0152, "margin": 0.0072,
+                          "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32],
+                                     "rpn_stem_channels": [32], "batch_size_per_image": 32},
+                          "retrain": {"batch_size": 8, "max_iters": 150, "warmup_iters": 37, **_AdamW}},
+}
+
+
+@pytest.mark.parametrize("assignment, name", sorted(MEASURED_SCHEDULES))
+def test_the_profile_schedules_resolve_to_the_measured_recipes(assignment, name):
+    from grader.map_gate import all_schedules
+    from grader.rubric import load_rubric
+
+    schedule = dict(all_schedules(load_rubric()[assignment]["map"])[name])
+    assert schedule.pop("profile") == "cpu", "the embedded schedules read the notebook's cpu profile"
+    assert schedule == MEASURED_SCHEDULES[assignment, name]
+
+
+def test_a_profile_changed_in_the_manifest_changes_the_gates_recipe(tmp_path, monkeypatch):
+    """The gate retrains the notebook's cpu profile, declared once: changed in a copy of the manifest,
+    the embedded schedule follows it, and the ci schedule too except for what it states itself."""
+    import grader.functions as functions
+    from grader.map_gate import select_schedule
+    from grader.rubric import load_rubric
+
+    text = functions.COURSE_PATH.read_text()
+    head, cpu = text.split("[one_stage.profiles.cpu]\n")
+    body, rest = cpu.split("\n[", 1)
+    for old, new in (("\ntrain_iters = 600\n", "\ntrain_iters = 601\n"), ("\nlr = 2e-3\n", "\nlr = 3e-3\n"),
+                     ("\nfpn_channels = 64\n", "\nfpn_channels = 48\n"), ('\noptimizer = "adamw"\n', '\noptimizer = "sgd"\n')):
+        assert body.count(old) == 1, old
+        body = body.replace(old, new)
+    manifest = tmp_path / "course.toml"
+    manifest.write_text(head + "[one_stage.profiles.cpu]\n" + body + "\n[" + rest)
+    monkeypatch.setattr(functions, "COURSE_PATH", manifest)
+    gate = load_rubric.__wrapped__()["one_stage"]["map"]  # uncached: the copy, not the real manifest
+
+    name, embedded, _ = select_schedule(gate, "embedded", None)
+    assert name == "embedded" and embedded["config"]["fpn_channels"] == 48
+    assert {k: embedded["retrain"][k] for k in ("max_iters", "lr", "optimizer")} == {"max_iters": 601, "lr": 3e-3,
+                                                                                    "optimizer": "sgd"}
+    name, ci, _ = select_schedule(gate, "embedded", 150)
+    assert name == "ci" and ci["config"]["fpn_channels"] == 32 and ci["retrain"]["max_iters"] == 150
+    assert (ci["retrain"]["lr"], ci["retrain"]["optimizer"]) == (3e-3, "sgd")
+    # The two-stage profile was not touched.
+    assert load_rubric.__wrapped__()["two_stage"]["map"]["schedules"]["embedded"]["retrain"]["max_iters"] == 600
+
+
+def test_a_schedule_naming_a_profile_the_manifest_lacks_is_refused(tmp_path):
+    from grader.rubric import RUBRIC_PATH, load_rubric
+
+    text = RUBRIC_PATH.read_text()
+    assert text.count('[one_stage.map.schedules.ci]\nprofile = "cpu"\n') == 1
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(text.replace('[one_stage.map.schedules.ci]\nprofile = "cpu"\n',
+                                   '[one_stage.map.schedules.ci]\nprofile = "laptop"\n'))
+    with pytest.raises(ValueError, match=r"one_stage.map.schedules.ci\] names profile 'laptop'.*tiny, cpu, gpu"):
+        load_rubric.__wrapped__(str(rubric))

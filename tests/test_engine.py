@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from data_utils.conventions import Detections
 from data_utils.data.loaders import build_loader
 from data_utils.data.voc import VOCDetection
 from data_utils.evaluation.voc_eval import evaluate_detections
 from data_utils.training.engine import NonFiniteLossError, TrainConfig, load_checkpoint, train_detector
 from data_utils.training.inference import export_voc_results, load_detections, predict_dataset, save_detections
-from solutions.conventions import Detections
 from tests.voc_factory import Img, Obj, write_voc
 
 

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch.testing import assert_close
 
-from solutions.conventions import FPN_STRIDES, Detections
+from data_utils.conventions import FPN_STRIDES, Detections
 from solutions.fcos import FCOS
 from solutions.fcos_head import FCOSPredictionNetwork
 from solutions.fcos_targets import (

@@ -19,10 +19,10 @@ from torchvision.ops import box_iou, roi_align
 
 import solutions.faster_rcnn as faster_rcnn_module
 import solutions.rpn as rpn_module
+from data_utils.conventions import BACKGROUND, NEUTRAL, PADDING, Detections
 from solutions.anchors import generate_fpn_anchors
 from solutions.backbone import DetectorBackboneWithFPN
 from solutions.box_ops import iou
-from solutions.conventions import BACKGROUND, NEUTRAL, PADDING, Detections
 from solutions.faster_rcnn import FasterRCNN, assign_rois_to_fpn_levels, pool_roi_features
 from solutions.locations import get_fpn_location_coords
 from solutions.rcnn_targets import (

@@ -8,7 +8,7 @@ object stays visible, and :meth:`VOCDetection.to_original` maps boxes predicted
 on the network input back to original image pixels for evaluation.
 
 Annotations: VOC corners are 1-based and inclusive; they become continuous
-coordinates ``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``solutions.conventions``).
+coordinates ``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``data_utils.conventions``).
 Difficult objects are kept in :meth:`VOCDetection.ground_truth` (evaluation
 ignores detections on them) but are not training targets.
 
