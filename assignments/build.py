@@ -159,8 +159,7 @@ def overfit_cell_source(assignment: str, model: str) -> str:
 def present(source: str) -> str:
     """Reference text as students see it: docstring cross-references to
     ``solutions`` modules (which students do not have) point at the notebook's
-    own names, or at ``data_utils.conventions``.  Code is never changed."""
-    source = source.replace("solutions.conventions", "data_utils.conventions")
+    own names.  Code is never changed."""
     return re.sub(r"(:\w+:`~?)solutions\.\w+\.(\w+)`", r"\1\2`", source)
 
 
