@@ -60,7 +60,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_student_package(args: argparse.Namespace) -> int:
     """Write the student wheel; fail (1) if the build backend fails or the wheel holds anything it must not."""
-    from assignments.build import BuildError
+    from assignments.errors import BuildError
     from assignments.student_package import build_wheel, wheel_problems
 
     try:

@@ -46,6 +46,7 @@ import jupytext
 import nbformat
 
 from assignments import extract
+from assignments.errors import BuildError
 from assignments.spec import ASSIGNMENTS, HERE, SOURCE_DIR, AssignmentSpec
 from grader.markers import BEGIN_HIDDEN_TESTS, END_HIDDEN_TESTS, strip_hidden_tests
 
@@ -57,10 +58,6 @@ KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "nam
 LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3", "file_extension": ".py",
                  "mimetype": "text/x-python", "codemirror_mode": {"name": "ipython", "version": 3},
                  "nbconvert_exporter": "python"}
-
-
-class BuildError(RuntimeError):
-    pass
 
 
 #: The command that regenerates every generated file (one definition: the marks below and the

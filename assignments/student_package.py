@@ -54,6 +54,7 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+from assignments.errors import BuildError
 from assignments.extract import BEGIN_SOLUTION, ROOT
 from grader.parsing import parse as parse_python
 
@@ -167,10 +168,8 @@ def _stage(files: list[tuple[str, bytes]], staging: Path) -> None:
 
 
 def _build_error(message: str) -> Exception:
-    """``assignments.build.BuildError``, which ``nbgrader generate_assignment`` turns into its stop message,
-    imported only on failure: the module imports jupytext, a second a successful build need not pay."""
-    from assignments.build import BuildError
-
+    """A :class:`assignments.errors.BuildError`, which ``nbgrader generate_assignment`` turns into its stop
+    message."""
     return BuildError(message)
 
 
