@@ -115,7 +115,7 @@ def collect(out: Path) -> dict:
     settings = {"channels_last": first["memory_format"] == "channels_last",
                 "fused_optimizer": first.get("fused_optimizer", False)}
     recipe = next(name for name, recipe in RECIPES.items() if recipe == settings)
-    return {"recipe": recipe, "seed": first["seed"], "threads": first["torch_threads"],
+    return {"recipe": recipe, "seed": first["seed"], "threads": first["torch_threads"], "machine": first["machine"],
             "total_seconds": float(done[-1]) if done else None,
             "detectors": {d: {"map_voc07": round(m["map_voc07"], 4), "map_all_point": round(m["map_all_point"], 4),
                               "train_seconds": round(m["train_seconds"], 1)} for d, m in results.items()}}
@@ -147,15 +147,14 @@ def full(args: argparse.Namespace) -> None:
 
 
 def write_figures(runs: list[dict]) -> None:
-    """Merge ``runs`` into solutions/main_job_figures.py (a run replaces an earlier one of the same recipe, seed and
-    thread count)."""
-    key = lambda run: (run["recipe"], run["seed"], run["threads"])  # noqa: E731  (a one-line sort key)
+    """Merge ``runs`` into solutions/main_job_figures.py (a run replaces an earlier one of the same recipe, seed,
+    thread count and machine)."""
+    key = lambda run: (run["recipe"], run["seed"], run["threads"], run["machine"])  # noqa: E731  (a one-line sort key)
     merged = {key(run): run for run in main_job_figures.RUNS}
     merged.update({key(run): run for run in runs})
     text = FIGURES_FILE.read_text()
-    head = text[: text.index("MEASURED_ON = ")]
-    body = (f"MEASURED_ON = {machine_description()!r}\n\n"
-            f"RUNS: list[dict[str, Any]] = {pprint.pformat(sorted(merged.values(), key=key), width=110, sort_dicts=True)}\n")
+    head = text[: text.index("RUNS: list")]
+    body = f"RUNS: list[dict[str, Any]] = {pprint.pformat(sorted(merged.values(), key=key), width=110, sort_dicts=True)}\n"
     tail = text[text.index("\n\n# --- end of measured figures"):]
     FIGURES_FILE.write_text(head + body + tail)
     print(f"wrote {FIGURES_FILE}")

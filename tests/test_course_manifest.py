@@ -219,21 +219,19 @@ def test_the_full_voc_map_gates_retrain_the_gpu_profile(assignment):
 
 #: The embedded schedules as the rubric stated them literally before they named the cpu profile
 #: (the recipes their reference_map/margin were measured with): resolving must give exactly these.
+#: The measured figures themselves are not recipe: the embedded ones follow the recorded main-job
+#: runs (tests/test_main_job_figures.py), the ci ones the slow retrain tests of tests/test_map_gate.py.
 _AdamW = {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05, "grad_clip": 10.0}
 _EVAL = {"dataset": "embedded", "head_init": "pytorch", "score_thresh": 0.05, "nms_thresh": 0.5}
 MEASURED_SCHEDULES = {
-    ("one_stage", "embedded"): {**_EVAL, "reference_map": 0.3366, "margin": 0.108,
-                                "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64]},
+    ("one_stage", "embedded"): {**_EVAL, "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64]},
                                 "retrain": {"batch_size": 16, "max_iters": 600, "warmup_iters": 50, **_AdamW}},
-    ("one_stage", "ci"): {**_EVAL, "reference_map": 0.038, "margin": 0.02,
-                          "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32]},
+    ("one_stage", "ci"): {**_EVAL, "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32]},
                           "retrain": {"batch_size": 8, "max_iters": 150, "warmup_iters": 37, **_AdamW}},
-    ("two_stage", "embedded"): {**_EVAL, "reference_map": 0.4023, "margin": 0.069,
-                                "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64],
+    ("two_stage", "embedded"): {**_EVAL, "config": {"num_classes": 20, "fpn_channels": 64, "stem_channels": [64, 64],
                                            "rpn_stem_channels": [64, 64], "batch_size_per_image": 32},
                                 "retrain": {"batch_size": 16, "max_iters": 600, "warmup_iters": 50, **_AdamW}},
-    ("two_stage", "ci"): {**_EVAL, "reference_map": 0.0152, "margin": 0.0072,
-                          "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32],
+    ("two_stage", "ci"): {**_EVAL, "config": {"num_classes": 20, "fpn_channels": 32, "stem_channels": [32, 32],
                                      "rpn_stem_channels": [32], "batch_size_per_image": 32},
                           "retrain": {"batch_size": 8, "max_iters": 150, "warmup_iters": 37, **_AdamW}},
 }
@@ -246,6 +244,7 @@ def test_the_profile_schedules_resolve_to_the_measured_recipes(assignment, name)
 
     schedule = dict(all_schedules(load_rubric()[assignment]["map"])[name])
     assert schedule.pop("profile") == "cpu", "the embedded schedules read the notebook's cpu profile"
+    assert 0 < schedule.pop("margin") < schedule.pop("reference_map") < 1
     assert schedule == MEASURED_SCHEDULES[assignment, name]
 
 

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 
 from solutions import main_job_figures
-from solutions.presets import DETECTORS
+from solutions.presets import DETECTORS, STEP_RECIPES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _run(recipe: str, seed: int, fcos: float) -> dict:
-    return {"recipe": recipe, "seed": seed, "threads": 2, "total_seconds": 1.0,
+def _run(recipe: str, seed: int, fcos: float, machine: str = "CPU A, 2 CPUs") -> dict:
+    return {"recipe": recipe, "seed": seed, "threads": 2, "total_seconds": 1.0, "machine": machine,
             "detectors": {"fcos": {"map_voc07": fcos, "map_all_point": fcos, "train_seconds": 1.0}}}
 
 
 def test_expectation_says_where_a_result_lies(monkeypatch):
     monkeypatch.setattr(main_job_figures, "RUNS", [_run("channels_last", s, v) for s, v in enumerate((0.34, 0.36))]
-                        + [_run("contiguous", 0, 0.38)])
+                        + [_run("contiguous", 0, 0.38, machine="CPU B, 2 CPUs")])
     assert main_job_figures.summary("fcos") == pytest.approx({"mean": 0.36, "min": 0.34, "max": 0.38, "runs": 3})
     assert main_job_figures.summary("fcos", "contiguous") == pytest.approx(
         {"mean": 0.38, "min": 0.38, "max": 0.38, "runs": 1}), "one memory format's runs on request"
@@ -29,7 +29,7 @@ def test_expectation_says_where_a_result_lies(monkeypatch):
     def say(value: float, iterations: int = 600) -> str:
         return main_job_figures.expectation("fcos", value, iterations=iterations)
 
-    assert "expected 34.0-38.0% (mean 36.0% over 3 recorded runs" in say(0.35)
+    assert "expected 34.0-38.0% (mean 36.0% over 3 recorded runs on CPU A, 2 CPUs; CPU B, 2 CPUs)" in say(0.35)
     assert say(0.35).endswith("within the range")
     assert say(0.335).endswith("within the range"), "a point of slack below the lowest run"
     assert "BELOW the measured range" in say(0.30) and "./run test" in say(0.30)
@@ -45,6 +45,7 @@ def test_recorded_runs_cover_three_seeds_of_each_detector():
         assert len(seeds) >= 3, f"{detector}: runs of seeds {seeds} only; record at least three seeds"
         for run in runs:
             assert 0.0 < run["detectors"][detector]["map_voc07"] < 1.0
+            assert run["machine"] and run["recipe"] in STEP_RECIPES, run
 
 
 def test_readme_table_shows_the_recorded_mean_and_range():
