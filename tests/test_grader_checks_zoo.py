@@ -46,14 +46,15 @@ def test_nms_diagnosis_simulation_isgreedy_nms():
 
 
 def test_match_variant_simulation_is_the_reference_without_variants():
+    from data_utils.conventions import FPN_STRIDES
     from grader.checks import gen, level_shapes, rand_gt
-    from grader.checks_one_stage import STRIDES, _course_variant_match, _locations
+    from grader.checks_one_stage import _course_variant_match, _locations
     from solutions import fcos_match_locations_to_gt
 
     locations = _locations(level_shapes(2, 8, 224, 224))
     gt = rand_gt(gen(5), 2, [6, 3], 8)
-    expected = fcos_match_locations_to_gt(locations, STRIDES, gt)
-    got = _course_variant_match(locations, STRIDES, gt)
+    expected = fcos_match_locations_to_gt(locations, FPN_STRIDES, gt)
+    got = _course_variant_match(locations, FPN_STRIDES, gt)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
