@@ -50,10 +50,10 @@ from data_utils.cli_options import add_out
 from data_utils.data.loaders import build_loader
 from data_utils.data.synthetic import ensure_embedded_dataset
 from data_utils.data.voc import VOCDetection
-from data_utils.training.engine import train_detector
+from data_utils.training.engine import TrainConfig, train_detector
 from data_utils.training.experiment import machine_description
 from solutions import main_job_figures
-from solutions.presets import DETECTORS, MAIN_JOB_RECIPE, PRESETS, STEP_RECIPES, build_detector
+from solutions.presets import DETECTORS, MAIN_JOB_RECIPE, PRESETS, STEP_RECIPES, build_detector, step_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_FILE = ROOT / "solutions" / "main_job_figures.py"
@@ -112,9 +112,8 @@ def collect(out: Path) -> dict:
     results = json.loads((out / "metrics.json").read_text())
     first = next(iter(results.values()))
     done = re.findall(r"^done in (\d+) s", out.with_suffix(".log").read_text(), re.MULTILINE)
-    settings = {"channels_last": first["memory_format"] == "channels_last",
-                "fused_optimizer": first.get("fused_optimizer", False)}
-    recipe = next(name for name, recipe in RECIPES.items() if recipe == settings)
+    recipe = step_recipe(TrainConfig(channels_last=first["memory_format"] == "channels_last",
+                                     fused_optimizer=first.get("fused_optimizer", False)))
     return {"recipe": recipe, "seed": first["seed"], "threads": first["torch_threads"], "machine": first["machine"],
             "total_seconds": float(done[-1]) if done else None,
             "detectors": {d: {"map_voc07": round(m["map_voc07"], 4), "map_all_point": round(m["map_all_point"], 4),
